@@ -1,0 +1,90 @@
+"""The event store: the eventsourcing Application that owns the log.
+
+SQLite (one file, the embedded default) or PostgreSQL (to scale out), chosen by
+settings. The environment is built explicitly from settings: the process
+environment is never consulted here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import Application
+from eventsourcing.persistence import JSONTranscoder, Transcoder
+from eventsourcing.utils import Environment
+
+from saia.adapters.transcoder import OrjsonTranscoder
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteStore:
+    path: str
+    synchronous: str = "FULL"
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresStore:
+    dbname: str
+    host: str
+    port: int
+    user: str
+    password: str
+    schema: str = ""
+    create_table: bool = True
+
+
+StoreSettings = SqliteStore | PostgresStore
+
+
+def store_env(store: StoreSettings) -> dict[str, str]:
+    if isinstance(store, SqliteStore):
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": store.path,
+            "SQLITE_LOCK_TIMEOUT": "30",
+        }
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": store.dbname,
+        "POSTGRES_HOST": store.host,
+        "POSTGRES_PORT": str(store.port),
+        "POSTGRES_USER": store.user,
+        "POSTGRES_PASSWORD": store.password,
+        "POSTGRES_ENABLE_DB_FUNCTIONS": "y",
+        "CREATE_TABLE": "y" if store.create_table else "n",
+    }
+    if store.schema:
+        env["POSTGRES_SCHEMA"] = store.schema
+    return env
+
+
+class EventLog(Application[UUID]):
+    """The append-only log of everything saia decides and observes."""
+
+    name = "saia"
+
+    def __init__(self, store: StoreSettings, extra_env: Mapping[str, str] | None = None) -> None:
+        env = store_env(store)
+        # Loads of a long-lived job stay O(1) in the controller process: the cache
+        # keeps the aggregate, and fast-forwards it by the few events it missed.
+        env.setdefault("AGGREGATE_CACHE_MAXSIZE", "100000")
+        env.update(extra_env or {})
+        self._explicit_env = env
+        super().__init__(env)
+
+    def construct_env(self, name: str, env: Any = None) -> Environment:
+        return Environment(name, dict(self._explicit_env))
+
+    def construct_transcoder(self) -> Transcoder:
+        transcoder = OrjsonTranscoder()
+        self.register_transcodings(transcoder)
+        return transcoder
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
+
+    def last_position(self) -> int:
+        return self.recorder.max_notification_id() or 0
