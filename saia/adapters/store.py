@@ -22,7 +22,6 @@ from saia.adapters.transcoder import OrjsonTranscoder
 @dataclass(frozen=True, slots=True)
 class SqliteStore:
     path: str
-    synchronous: str = "FULL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +35,17 @@ class PostgresStore:
     create_table: bool = True
 
 
-StoreSettings = SqliteStore | PostgresStore
+@dataclass(frozen=True, slots=True)
+class MemoryStore:
+    """In-process and gone on exit: for tests and what-if simulations."""
+
+
+StoreSettings = SqliteStore | PostgresStore | MemoryStore
 
 
 def store_env(store: StoreSettings) -> dict[str, str]:
+    if isinstance(store, MemoryStore):
+        return {"PERSISTENCE_MODULE": "eventsourcing.popo"}
     if isinstance(store, SqliteStore):
         return {
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",

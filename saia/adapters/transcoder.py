@@ -26,7 +26,8 @@ class OrjsonTranscoder(JSONTranscoder):
     def _untag(self, value: Any) -> Any:
         if isinstance(value, dict):
             if len(value) == 2 and "_type_" in value and "_data_" in value:
-                return self._decode_obj({"_type_": value["_type_"], "_data_": self._untag(value["_data_"])})
+                data = self._untag(value["_data_"])
+                return self._decode_obj({"_type_": value["_type_"], "_data_": data})
             return {k: self._untag(v) for k, v in value.items()}
         if isinstance(value, list):
             return [self._untag(v) for v in value]

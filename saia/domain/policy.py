@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -75,8 +75,11 @@ def backoff_until(service: ServiceView) -> float | None:
     return service.last_failure_at + delay
 
 
-def slots(service: ServiceView) -> list[JobView]:
-    active = {job.id: job for job in service.jobs.values() if not job.draining}
+def slots(service: ServiceView, draining: Collection[UUID] = ()) -> list[JobView]:
+    """Jobs that hold a slot; ``draining`` adds jobs whose drain is being decided now."""
+    active = {
+        job.id: job for job in service.jobs.values() if not job.draining and job.id not in draining
+    }
     return [job for job in active.values() if job.replaces is None or job.replaces not in active]
 
 
@@ -154,7 +157,7 @@ def _plan_service(
             elif successor.phase is Phase.READY:
                 drain(job, DrainReason.EXPIRING)
 
-    current = [job for job in slots(service) if job.id not in draining]
+    current = slots(service, draining)
     wanted = target(service, obs, now)
     if wanted > len(current) and can_submit:
         for _ in range(wanted - len(current)):

@@ -46,8 +46,9 @@ class Request(Aggregate):
 
     @event(Started)
     def __init__(
-        self, user: str, service: str, job: str, bytes_in: int, timestamp: datetime
+        self, id: UUID, user: str, service: str, job: str, bytes_in: int, timestamp: datetime
     ) -> None:
+        # ``id`` is the proxy's request id; eventsourcing takes it as the aggregate id.
         self.user = user
         self.service = service
         self.job = job

@@ -30,6 +30,10 @@ class Service(Aggregate):
     class Retired(Event):
         TOPIC = "saia.Service.Retired"
 
+    class Reinstated(Event):
+        TOPIC = "saia.Service.Reinstated"
+        spec: dict[str, Any]
+
     @staticmethod
     def create_id(spec: dict[str, Any], timestamp: datetime) -> UUID:
         return service_id(str(spec["id"]))
@@ -63,3 +67,16 @@ class Service(Aggregate):
     @event(Retired)
     def _retired(self, timestamp: datetime) -> None:
         self.retired = True
+
+    def reinstate(self, spec: ServiceSpec, at: datetime) -> None:
+        """Bring a retired service back, with a (possibly new) specification."""
+        if not self.retired:
+            raise InvalidTransition(f"service {self.spec.id}", "active", "be reinstated")
+        if spec.id != self.spec.id:
+            raise InvalidTransition(f"service {self.spec.id}", "retired", f"become {spec.id}")
+        self._reinstated(spec=spec.to_dict(), timestamp=at)
+
+    @event(Reinstated)
+    def _reinstated(self, spec: dict[str, Any], timestamp: datetime) -> None:
+        self.spec = ServiceSpec.from_dict(spec)
+        self.retired = False

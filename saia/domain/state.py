@@ -67,8 +67,11 @@ class ServiceView:
         return [job for job in self.jobs.values() if job.routable]
 
     def learned_lead_time(self) -> float:
-        """Twice the slowest recent start-up: a replacement needs that long to be ready."""
-        return 2.0 * max(self.startup_seconds, default=0.0)
+        """Twice the slowest recent start-up: a replacement needs that long to be ready.
+
+        Capped at half the walltime: otherwise a service that starts slower than
+        its walltime would chain replacements without end."""
+        return min(2.0 * max(self.startup_seconds, default=0.0), self.spec.walltime / 2.0)
 
     def lead_time(self) -> float:
         return max(self.spec.lead_time, self.learned_lead_time())

@@ -73,6 +73,11 @@ class ServiceState:
     def _retired(self, e: Service.Retired) -> None:
         self._service_of(e.originator_id).retired = True
 
+    def _reinstated(self, e: Service.Reinstated) -> None:
+        view = self._service_of(e.originator_id)
+        view.spec = ServiceSpec.from_dict(e.spec)
+        view.retired = False
+
     def _service_of(self, aggregate_id: UUID) -> ServiceView:
         return self.services[self.service_names[aggregate_id]]
 
@@ -165,6 +170,7 @@ _HANDLERS: dict[type, Callable[[ServiceState, Any], None]] = {
     Service.Registered: ServiceState._registered,
     Service.Reconfigured: ServiceState._reconfigured,
     Service.Retired: ServiceState._retired,
+    Service.Reinstated: ServiceState._reinstated,
     Job.Requested: ServiceState._requested,
     Job.Submitted: ServiceState._submitted,
     Job.SubmissionFailed: ServiceState._submission_failed,

@@ -1,0 +1,198 @@
+"""The ``saia`` command line: thin wrappers over the application services."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from saia import catalog, config, settings
+from saia.domain.errors import DomainError
+from saia.domain.spec import ServiceSpec
+from saia.hub import Hub
+from saia.status import report
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+STARTER = """\
+# saia configuration. Relative paths are relative to this file.
+
+[store]
+backend = "sqlite"      # or "postgres" (dbname, host, port, user, password)
+path = "saia.db"
+
+[controller]
+interval = 5            # seconds between controller passes
+unknown_jobs = "cancel" # what to do with a saia job in the queue the log does not know
+sbatch_dir = "sbatch"
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    env = settings.from_environment()
+    parser = _parser(env.config)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=env.log_level, format=LOG_FORMAT)
+    try:
+        result: int = args.run(args)
+    except (config.ConfigError, DomainError) as error:
+        print(f"saia: {error}", file=sys.stderr)
+        return 2
+    return result
+
+
+def _parser(default_config: Path) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="saia", description=__doc__)
+    parser.add_argument("--config", type=Path, default=default_config, help="saia.toml")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    init = commands.add_parser("init", help="create the config if missing; register its services")
+    init.add_argument("--from-saia", type=Path, help="import services from a SAIA config.json")
+    init.add_argument("--prune", action="store_true", help="retire services not in the file")
+    init.set_defaults(run=_init)
+
+    status = commands.add_parser("status", help="services and their jobs")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(run=_status)
+
+    service = commands.add_parser("service", help="add, edit or remove a service")
+    verbs = service.add_subparsers(required=True, metavar="VERB")
+    add = verbs.add_parser("add", help="add a service: ID sbatch=SCRIPT [field=value ...]")
+    add.add_argument("id")
+    add.add_argument("fields", nargs="*", metavar="field=value")
+    add.set_defaults(run=_service_add)
+    edit = verbs.add_parser("edit", help="change fields of a service")
+    edit.add_argument("id")
+    edit.add_argument("fields", nargs="+", metavar="field=value")
+    edit.set_defaults(run=_service_edit)
+    remove = verbs.add_parser("remove", help="retire a service (its jobs drain and end)")
+    remove.add_argument("id")
+    remove.set_defaults(run=_service_remove)
+    return parser
+
+
+def _open(args: argparse.Namespace) -> tuple[config.Config, Hub]:
+    cfg = config.load(args.config)
+    hub = Hub(cfg.store)
+    hub.refresh()
+    return cfg, hub
+
+
+def _init(args: argparse.Namespace) -> int:
+    path: Path = args.config
+    imported: tuple[ServiceSpec, ...] = ()
+    if args.from_saia:
+        imported = config.import_saia_json(args.from_saia)
+    if not path.exists():
+        path.write_text(STARTER + "".join(_service_toml(spec) for spec in imported))
+        print(f"wrote {path}")
+    cfg, hub = _open(args)
+    try:
+        specs = {spec.id: spec for spec in cfg.services}
+        for spec in imported:
+            specs.setdefault(spec.id, spec)
+        for change in catalog.sync(hub, specs.values(), time.time(), prune=args.prune):
+            detail = f" ({', '.join(change.fields)})" if change.fields else ""
+            print(f"{change.what} {change.service}{detail}")
+    finally:
+        hub.close()
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    _, hub = _open(args)
+    try:
+        rows = report(hub.state)
+    finally:
+        hub.close()
+    if args.json:
+        sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    table = Table("service", "status", "min-max", "in flight", "jobs")
+    for row in rows:
+        jobs = ", ".join(
+            f"{job['slurm_job_id'] or '-'}:{job['phase']}@{job['node'] or '?'}:{job['port']}"
+            + (f" (draining: {job['draining']})" if job["draining"] else "")
+            for job in row["jobs"]
+        )
+        table.add_row(
+            row["service"], row["status"], f"{row['minimum']}-{row['maximum']}",
+            str(row["inflight"]), jobs or "-",
+        )
+    Console().print(table)
+    return 0
+
+
+def _service_add(args: argparse.Namespace) -> int:
+    fields = {"id": args.id, **_fields(args.fields)}
+    specs = config.services_from("command line", [fields])
+    _, hub = _open(args)
+    try:
+        change = catalog.add(hub, specs[0], time.time())
+    finally:
+        hub.close()
+    print(f"{change.what} {change.service}")
+    return 0
+
+
+def _service_edit(args: argparse.Namespace) -> int:
+    _, hub = _open(args)
+    try:
+        view = hub.state.services.get(args.id)
+        if view is not None:
+            try:
+                view.spec.changed(_fields(args.fields))
+            except DomainError as error:
+                raise config.ConfigError("command line", str(error)) from None
+        change = catalog.edit(hub, args.id, _fields(args.fields), time.time())
+    finally:
+        hub.close()
+    print(f"{change.what} {change.service}" if change else f"{args.id}: nothing changed")
+    return 0
+
+
+def _service_remove(args: argparse.Namespace) -> int:
+    _, hub = _open(args)
+    try:
+        change = catalog.retire(hub, args.id, time.time())
+    finally:
+        hub.close()
+    print(f"{change.what} {change.service}")
+    return 0
+
+
+def _fields(pairs: Sequence[str]) -> dict[str, Any]:
+    """field=value pairs; values are read as TOML (numbers, lists), else taken as text."""
+    fields: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise config.ConfigError("command line", f"expected field=value, got {pair!r}")
+        try:
+            fields[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            fields[key] = raw
+    return fields
+
+
+def _service_toml(spec: ServiceSpec) -> str:
+    lines = ["", "[[services]]"]
+    for key, value in spec.to_dict().items():
+        lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, str):
+        return orjson.dumps(value).decode()
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)

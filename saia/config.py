@@ -1,0 +1,189 @@
+"""The configuration file: hub settings and the services to run.
+
+A TOML file (``saia.toml``). Services use the field names of SAIA's config.json,
+and ``import_saia_json`` reads such a file unchanged. Every problem raises a
+ConfigError naming the file, the service and the field; a file is validated in
+full before anything in it is used, so a bad file is never half-applied.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from saia.adapters.store import PostgresStore, SqliteStore, StoreSettings
+from saia.domain.errors import InvalidSpec
+from saia.domain.reconcile import UnknownJobPolicy
+from saia.domain.spec import ServiceSpec
+
+
+class ConfigError(ValueError):
+    def __init__(self, path: Path | str, message: str, service: str = "", field: str = "") -> None:
+        where = str(path)
+        if service:
+            where += f": service {service!r}"
+        if field:
+            where += f": field {field!r}"
+        super().__init__(f"{where}: {message}")
+        self.path = str(path)
+        self.service = service
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerSettings:
+    interval: float = 5.0  # seconds between passes
+    unknown_jobs: UnknownJobPolicy = UnknownJobPolicy.CANCEL
+    sbatch_dir: str = "sbatch"
+    job_output_dir: str = ""  # empty: Slurm's default (the submit directory)
+    job_python: str = ""  # SAIA_PYTHON for jobs; empty: this interpreter
+    probe_timeout: float = 2.0
+    heartbeat_interval: float = 60.0  # a steady healthy job is recorded this often
+    sbatch_args: tuple[str, ...] = ()  # e.g. ("--partition=gpu", "--account=llm")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    store: StoreSettings
+    controller: ControllerSettings = field(default_factory=ControllerSettings)
+    services: tuple[ServiceSpec, ...] = ()
+
+    def sbatch_dir(self) -> Path:
+        return _relative_to(self.path, self.controller.sbatch_dir)
+
+
+def load(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(path, f"cannot read: {error.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(path, f"not valid TOML: {error}") from None
+    return parse(path, data)
+
+
+def parse(path: Path, data: Mapping[str, Any]) -> Config:
+    _only(path, data, {"store", "controller", "services"}, "")
+    store = _store(path, _table(path, data, "store"))
+    controller = _controller(path, _table(path, data, "controller"))
+    raw_services = data.get("services", [])
+    if not isinstance(raw_services, list):
+        raise ConfigError(path, "'services' must be an array of tables ([[services]])")
+    services = services_from(path, raw_services)
+    return Config(path=path, store=store, controller=controller, services=services)
+
+
+def services_from(path: Path | str, raw: list[Any]) -> tuple[ServiceSpec, ...]:
+    specs: list[ServiceSpec] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            raise ConfigError(path, f"services[{index}] is not a table")
+        try:
+            spec = ServiceSpec.from_dict(entry)
+        except InvalidSpec as error:
+            raise ConfigError(path, error.message, error.service, error.field) from None
+        if spec.id in seen:
+            raise ConfigError(path, "listed twice", spec.id, "id")
+        seen.add(spec.id)
+        specs.append(spec)
+    return tuple(specs)
+
+
+def import_saia_json(path: Path) -> tuple[ServiceSpec, ...]:
+    """Services from a SAIA config.json (its ``services`` list, or a bare list)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(path, f"cannot read: {error.strerror}") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(path, f"not valid JSON: {error}") from None
+    services = data.get("services") if isinstance(data, dict) else data
+    if not isinstance(services, list):
+        raise ConfigError(path, "expected a 'services' list")
+    return services_from(path, services)
+
+
+def _store(path: Path, data: Mapping[str, Any]) -> StoreSettings:
+    backend = data.get("backend", "sqlite")
+    if backend == "sqlite":
+        _only(path, data, {"backend", "path"}, "store")
+        db = _relative_to(path, _str(path, data, "path", "saia.db", "store"))
+        return SqliteStore(str(db))
+    if backend == "postgres":
+        _only(path, data, {"backend", "dbname", "host", "port", "user", "password"}, "store")
+        port = data.get("port", 5432)
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise ConfigError(path, "must be a port number", field="store.port")
+        return PostgresStore(
+            dbname=_str(path, data, "dbname", "saia", "store"),
+            host=_str(path, data, "host", "127.0.0.1", "store"),
+            port=port,
+            user=_str(path, data, "user", "saia", "store"),
+            password=_str(path, data, "password", "", "store"),
+        )
+    message = f"unknown backend {backend!r} (sqlite or postgres)"
+    raise ConfigError(path, message, field="store.backend")
+
+
+def _controller(path: Path, data: Mapping[str, Any]) -> ControllerSettings:
+    defaults = ControllerSettings()
+    _only(path, data, set(ControllerSettings.__slots__), "controller")
+    values: dict[str, Any] = {}
+    for name in ControllerSettings.__slots__:
+        if name not in data:
+            continue
+        value, default = data[name], getattr(defaults, name)
+        where = f"controller.{name}"
+        if isinstance(default, float):
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(path, "must be a positive number", field=where)
+            value = float(value)
+        elif isinstance(default, UnknownJobPolicy):
+            try:
+                value = UnknownJobPolicy(value)
+            except ValueError:
+                raise ConfigError(path, "must be 'adopt' or 'cancel'", field=where) from None
+        elif isinstance(default, tuple):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(path, "must be a list of strings", field=where)
+            value = tuple(value)
+        elif not isinstance(value, str):
+            raise ConfigError(path, "must be a string", field=where)
+        values[name] = value
+    return ControllerSettings(**values)
+
+
+def _table(path: Path, data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(path, f"[{name}] must be a table")
+    return value
+
+
+def _only(path: Path, data: Mapping[str, Any], allowed: set[str], table: str) -> None:
+    for key in data:
+        if key not in allowed:
+            where = f"{table}.{key}" if table else key
+            raise ConfigError(path, "unknown setting", field=where)
+
+
+def _str(path: Path, data: Mapping[str, Any], key: str, default: str, table: str) -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str):
+        raise ConfigError(path, "must be a string", field=f"{table}.{key}")
+    return value
+
+
+def _relative_to(config_path: Path, value: str) -> Path:
+    """Relative paths in the file are relative to the file, not to the working directory."""
+    candidate = Path(value)
+    return candidate if candidate.is_absolute() else config_path.parent / candidate

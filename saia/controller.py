@@ -1,0 +1,249 @@
+"""The controller: observe the queue and the jobs, plan, act; one pass at a time.
+
+Deciding is the pure policy's (saia.domain.policy) and reconciliation's
+(saia.domain.reconcile); this module only gathers their inputs and carries out
+their outputs, recording every change as an event before it acts on Slurm.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from saia.config import ControllerSettings
+from saia.demand import DemandTracker
+from saia.domain.job import Job, Phase
+from saia.domain.policy import Action, Cancel, Drain, Observation, Submit, plan
+from saia.domain.reconcile import (
+    Adopt,
+    CancelUnknown,
+    Correction,
+    MarkEnded,
+    MarkNotSubmitted,
+    MarkStarted,
+    MarkSubmitted,
+    reconcile,
+)
+from saia.domain.slurm import RUNNING_STATES, SlurmJob
+from saia.hub import Hub, utc
+from saia.ports import (
+    Prober,
+    ProbeTarget,
+    Slurm,
+    SlurmError,
+    SlurmTimeout,
+    SubmissionRejected,
+    SubmitRequest,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class PassReport:
+    at: float
+    slurm_available: bool = True
+    observation: Observation | None = None
+    corrections: list[Correction] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+class Controller:
+    def __init__(
+        self,
+        hub: Hub,
+        slurm: Slurm,
+        prober: Prober,
+        settings: ControllerSettings,
+        clock: Callable[[], float],
+        rng: random.Random,
+        demand: DemandTracker | None = None,
+    ) -> None:
+        self.hub = hub
+        self.slurm = slurm
+        self.prober = prober
+        self.settings = settings
+        self.clock = clock
+        self.rng = rng
+        self.demand = demand if demand is not None else DemandTracker()
+
+    def tick(self) -> PassReport:
+        now = self.clock()
+        report = PassReport(at=now)
+        self.hub.refresh()
+        queue = self._observe_queue(now, report)
+        if queue is not None:
+            self._reconcile(queue, now, report)
+        self._probe(now)
+        self._plan_and_act(now, report)
+        return report
+
+    # -- observe -------------------------------------------------------------------
+
+    def _observe_queue(self, now: float, report: PassReport) -> list[SlurmJob] | None:
+        cluster = self.hub.cluster(now)
+        try:
+            queue = self.slurm.jobs()
+        except SlurmError as error:
+            log.warning("slurm unavailable: %s", error)
+            report.slurm_available = False
+            report.errors.append(str(error))
+            cluster.unavailable(str(error), utc(now))
+            self.hub.log.save(cluster)
+            return None
+        cluster.available_again(utc(now))
+        self.hub.log.save(cluster)
+        return queue
+
+    def _reconcile(self, queue: list[SlurmJob], now: float, report: PassReport) -> None:
+        state = self.hub.state
+        corrections = reconcile(
+            state.active_services(), queue, state.tokens, now, self.settings.unknown_jobs
+        )
+        report.corrections.extend(corrections)
+        for correction in corrections:
+            try:
+                self._correct(correction, now)
+            except SlurmError as error:
+                report.errors.append(str(error))
+        self.hub.refresh()
+
+    def _correct(self, correction: Correction, now: float) -> None:
+        at = utc(now)
+        match correction:
+            case MarkSubmitted(job_id, slurm_job_id):
+                job = self.hub.job(job_id)
+                job.submitted(slurm_job_id, at)
+                self.hub.log.save(job)
+            case MarkStarted(job_id, node, started):
+                job = self.hub.job(job_id)
+                job.started(node, utc(started))
+                self.hub.log.save(job)
+            case MarkEnded(job_id, final_state):
+                job = self.hub.job(job_id)
+                job.end(final_state, at)
+                self.hub.log.save(job)
+            case MarkNotSubmitted(job_id, error):
+                job = self.hub.job(job_id)
+                job.submission_failed(error, at)
+                self.hub.log.save(job)
+            case Adopt(seen):
+                self.hub.log.save(self._adopted(seen, now))
+            case CancelUnknown(seen, why):
+                self._cancel_stranger(seen, why, now)
+
+    def _adopted(self, seen: SlurmJob, now: float) -> Job:
+        spec = self.hub.state.services[seen.service].spec
+        walltime = seen.time_limit if seen.time_limit is not None else spec.walltime
+        job = Job.request(seen.service, seen.port, seen.token, walltime, utc(now), reason="adopted")
+        job.submitted(seen.job_id, utc(now))
+        if seen.state in RUNNING_STATES and seen.batch_host:
+            start = seen.start_time if seen.start_time is not None else now
+            job.started(seen.batch_host, utc(start))
+        return job
+
+    def _cancel_stranger(self, seen: SlurmJob, why: str, now: float) -> None:
+        if seen.service in self.hub.state.services:
+            job = self._adopted(seen, now)
+            job.request_cancel(f"unknown job: {why}", utc(now))
+            self.hub.log.save(job)
+        else:
+            cluster = self.hub.cluster(now)
+            cluster.stranger_cancelled(seen.job_id, why, utc(now))
+            self.hub.log.save(cluster)
+        self.slurm.cancel(seen.job_id)
+
+    def _probe(self, now: float) -> None:
+        services = self.hub.state.active_services()
+        targets = [
+            ProbeTarget(job.id, job.node, job.port, service.spec.probe_path)
+            for service in services.values()
+            for job in service.jobs.values()
+            if job.phase in (Phase.RUNNING, Phase.READY) and job.node
+            and job.cancel_requested_at is None
+        ]
+        if not targets:
+            return
+        results = self.prober.probe(targets, self.settings.probe_timeout)
+        changed: list[Job] = []
+        for target in targets:
+            result = results.get(target.job)
+            view = self.hub.state.job(target.job)
+            if result is None or view is None:
+                continue
+            if view.phase is Phase.RUNNING:
+                if result.ok:
+                    job = self.hub.job(target.job)
+                    job.became_ready(utc(now))
+                    changed.append(job)
+                continue
+            steady = result.ok and view.failed_probes == 0
+            last = view.last_heartbeat_at or view.ready_at or 0.0
+            if steady and now - last < self.settings.heartbeat_interval:
+                continue  # a healthy job is recorded now and then, not every pass
+            job = self.hub.job(target.job)
+            job.heartbeat(result.ok, result.latency, utc(now))
+            changed.append(job)
+        if changed:
+            self.hub.log.save(*changed)
+            self.hub.refresh()
+
+    # -- plan and act ----------------------------------------------------------------
+
+    def _plan_and_act(self, now: float, report: PassReport) -> None:
+        services = self.hub.state.active_services()
+        windows = {name: view.spec.demand_window for name, view in services.items()}
+        seen = self.demand.snapshot(windows, now)
+        observation = Observation(
+            demand=seen.demand,
+            waiting=seen.waiting,
+            last_demand_at=seen.last_demand_at,
+            inflight_by_job=seen.inflight_by_job,
+            slurm_available=report.slurm_available,
+            pass_interval=self.settings.interval,
+        )
+        report.observation = observation
+        actions = plan(services, observation, now, self.rng)
+        report.actions.extend(actions)
+        for action in actions:
+            try:
+                self._act(action, now)
+            except SlurmError as error:
+                log.warning("%s failed: %s", type(action).__name__, error)
+                report.errors.append(str(error))
+        self.hub.refresh()
+
+    def _act(self, action: Action, now: float) -> None:
+        at = utc(now)
+        match action:
+            case Submit(service, port, token, walltime, reason, replaces):
+                job = Job.request(service, port, token, walltime, at, replaces, reason)
+                self.hub.log.save(job)  # durable before sbatch: see saia.domain.reconcile
+                sbatch = self.hub.state.services[service].spec.sbatch
+                request = SubmitRequest(service, sbatch, port, token, walltime)
+                try:
+                    slurm_id = self.slurm.submit(request)
+                except SlurmTimeout:
+                    raise  # outcome unknown: reconciliation adopts it or gives up on it
+                except SlurmError as error:
+                    job.submission_failed(str(error), at)
+                    self.hub.log.save(job)
+                    if not isinstance(error, SubmissionRejected):
+                        raise
+                    log.warning("sbatch refused %s: %s", service, error)
+                    return
+                job.submitted(slurm_id, at)
+                self.hub.log.save(job)
+            case Drain(job_id, reason):
+                job = self.hub.job(job_id)
+                job.drain(reason, at)
+                self.hub.log.save(job)
+            case Cancel(job_id, reason):
+                job = self.hub.job(job_id)
+                job.request_cancel(reason, at)
+                self.hub.log.save(job)
+                if job.slurm_job_id:
+                    self.slurm.cancel(job.slurm_job_id)

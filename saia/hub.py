@@ -1,0 +1,54 @@
+"""The log and its live projections, kept together: what every entry point works on."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+
+from saia.adapters.store import EventLog, StoreSettings
+from saia.domain.cluster import CLUSTER_ID, Cluster
+from saia.domain.errors import JobNotFound
+from saia.domain.job import Job
+from saia.projections.accounting import Accounting
+from saia.projections.runner import ProjectionRunner
+from saia.projections.service_state import ServiceState
+
+
+def utc(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+class Hub:
+    def __init__(self, store: StoreSettings) -> None:
+        self.log = EventLog(store)
+        self.state = ServiceState()
+        self.accounting = Accounting()
+        self.runner = ProjectionRunner(self.log, [self.state, self.accounting])
+        # Projections are read by the proxy and written by the controller's thread.
+        self.lock = threading.RLock()
+
+    def refresh(self) -> int:
+        with self.lock:
+            return self.runner.catch_up()
+
+    def job(self, job_id: UUID) -> Job:
+        try:
+            job: object = self.log.repository.get(job_id)
+        except AggregateNotFoundError:
+            raise JobNotFound(str(job_id)) from None
+        assert isinstance(job, Job)
+        return job
+
+    def cluster(self, now: float) -> Cluster:
+        try:
+            cluster: object = self.log.repository.get(CLUSTER_ID)
+        except AggregateNotFoundError:
+            cluster = Cluster.open(utc(now))
+        assert isinstance(cluster, Cluster)
+        return cluster
+
+    def close(self) -> None:
+        self.log.close()
