@@ -92,9 +92,9 @@ class FakeSlurm:
     def expire(self) -> None:
         now = self.clock()
         for job in self.queue.values():
-            if job.state is SlurmState.RUNNING and job.start is not None:
-                if now >= job.start + job.limit:
-                    job.state = SlurmState.TIMEOUT
+            running = job.state is SlurmState.RUNNING and job.start is not None
+            if running and job.start is not None and now >= job.start + job.limit:
+                job.state = SlurmState.TIMEOUT
 
     def fail(self, job_id: str) -> None:
         self.queue[job_id].state = SlurmState.FAILED

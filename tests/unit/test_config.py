@@ -1,0 +1,116 @@
+"""The configuration file and the SAIA config.json import: errors name file, service and field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from saia.adapters.store import PostgresStore, SqliteStore
+from saia.config import ConfigError, import_saia_json, load
+from saia.domain.reconcile import UnknownJobPolicy
+
+GOOD = """
+[store]
+path = "state/saia.db"
+
+[controller]
+interval = 2
+unknown_jobs = "adopt"
+sbatch_args = ["--partition=gpu"]
+
+[[services]]
+id = "llama"
+name = "Llama"
+sbatch = "vllm.sbatch"
+maximum_number_instances = 2
+job_expiry_time = 60
+
+[[services]]
+id = "embed"
+sbatch = "testservice.sbatch"
+input = ["text"]
+output = ["embeddings"]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "saia.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_good_file_loads_with_paths_relative_to_it(tmp_path: Path) -> None:
+    """Store paths resolve against the file's folder; settings and services are typed."""
+    cfg = load(write(tmp_path, GOOD))
+    assert cfg.store == SqliteStore(str(tmp_path / "state/saia.db"))
+    assert cfg.controller.interval == 2.0
+    assert cfg.controller.unknown_jobs is UnknownJobPolicy.ADOPT
+    assert [s.id for s in cfg.services] == ["llama", "embed"]
+    assert cfg.services[0].maximum_number_instances == 2
+
+
+def test_postgres_store_is_selected_by_backend(tmp_path: Path) -> None:
+    """backend = "postgres" selects PostgreSQL with its connection settings."""
+    cfg = load(write(tmp_path, '[store]\nbackend = "postgres"\nport = 5433\ndbname = "x"\n'))
+    assert isinstance(cfg.store, PostgresStore) and cfg.store.port == 5433
+
+
+@pytest.mark.parametrize(
+    ("text", "service", "field"),
+    [
+        ('[[services]]\nid = "a"\nsbatch = "s"\nmaximum_number_instances = "two"\n',
+         "a", "maximum_number_instances"),
+        ('[[services]]\nid = "a"\n', "a", "sbatch"),
+        ('[[services]]\nid = "a"\nsbatch = "s"\nwings = 2\n', "a", "wings"),
+        ('[[services]]\nid = "a"\nsbatch = "s"\n[[services]]\nid = "a"\nsbatch = "s"\n', "a", "id"),
+        ('[controller]\ninterval = -1\n', "", "controller.interval"),
+        ('[controller]\nunknown_jobs = "shrug"\n', "", "controller.unknown_jobs"),
+        ('[store]\nbackend = "mongo"\n', "", "store.backend"),
+        ('[store]\npath = 3\n', "", "store.path"),
+        ('colour = "blue"\n', "", "colour"),
+    ],
+)
+def test_errors_name_file_service_and_field(
+    tmp_path: Path, text: str, service: str, field: str
+) -> None:
+    """A bad value raises ConfigError that names the file, the service and the field."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    assert caught.value.path == str(path)
+    assert caught.value.service == service
+    assert caught.value.field == field
+    assert str(path) in str(caught.value)
+
+
+def test_invalid_toml_and_missing_file_are_config_errors(tmp_path: Path) -> None:
+    """Unreadable or unparsable files are reported as ConfigError, not tracebacks."""
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(write(tmp_path, "[[services]\n"))
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tmp_path / "absent.toml")
+
+
+def test_saia_config_json_imports_unchanged(tmp_path: Path) -> None:
+    """A SAIA config.json's services keep their field names and values."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"services": [{
+        "name": "Meta Llama 3.1 8B Instruct", "id": "meta-llama-3.1-8b-instruct",
+        "owned_by": "GWDG", "input": ["text"], "output": ["text"],
+        "sbatch": "vllm.sbatch", "inferences_per_instance": 4,
+        "minimum_number_instances": 1, "maximum_number_instances": 3, "job_expiry_time": 120,
+    }]}))
+    (spec,) = import_saia_json(path)
+    assert spec.id == "meta-llama-3.1-8b-instruct" and spec.owned_by == "GWDG"
+    assert spec.walltime == 120 * 60
+
+
+def test_saia_json_with_a_bad_service_names_it(tmp_path: Path) -> None:
+    """A bad entry in config.json names the file, the service and the field."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps([{"id": "x", "sbatch": "s", "inferences_per_instance": 0}]))
+    with pytest.raises(ConfigError) as caught:
+        import_saia_json(path)
+    assert (caught.value.service, caught.value.field) == ("x", "inferences_per_instance")
