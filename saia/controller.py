@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from eventsourcing.persistence import PersistenceError
+
+from saia.adapters.lock import FileLock
 from saia.config import ControllerSettings
 from saia.demand import DemandTracker
+from saia.domain.errors import DomainError
 from saia.domain.job import Job, Phase
 from saia.domain.policy import Action, Cancel, Drain, Observation, Submit, plan
 from saia.domain.reconcile import (
@@ -247,3 +253,33 @@ class Controller:
                 self.hub.log.save(job)
                 if job.slurm_job_id:
                     self.slurm.cancel(job.slurm_job_id)
+
+
+def run(
+    controller: Controller,
+    lock: FileLock,
+    stop: threading.Event,
+    on_pass: Callable[[PassReport], None] | None = None,
+) -> None:
+    """Pass after pass until ``stop`` is set; each pass under the controller lock.
+
+    A store error or a stale decision (another writer moved a job first) loses
+    one pass, not the controller: the next pass starts from the log again.
+    """
+    interval = controller.settings.interval
+    while not stop.is_set():
+        started = time.monotonic()
+        with lock:
+            try:
+                report = controller.tick()
+            except (PersistenceError, DomainError) as error:
+                log.error("pass failed, retrying next pass: %s", error)
+            else:
+                if on_pass is not None:
+                    on_pass(report)
+                if report.actions or report.corrections:
+                    log.info(
+                        "pass: %d corrections, %d actions, %d errors",
+                        len(report.corrections), len(report.actions), len(report.errors),
+                    )
+        stop.wait(max(0.0, interval - (time.monotonic() - started)))

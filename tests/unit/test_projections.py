@@ -1,0 +1,108 @@
+"""Projections: service state and accounting from a known history, incremental and rebuilt."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+import pytest
+
+from saia import catalog
+from saia.adapters.store import MemoryStore
+from saia.domain.job import DrainReason, FinalState, Job, Phase
+from saia.domain.request import Request
+from saia.domain.spec import ServiceSpec
+from saia.hub import Hub
+from saia.projections.accounting import Accounting
+from saia.projections.runner import ProjectionRunner
+from saia.projections.service_state import ServiceState
+
+T0 = datetime(2026, 11, 1, 23, 59, 0, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def hub() -> Hub:
+    hub = Hub(MemoryStore())
+    catalog.add(hub, ServiceSpec.from_dict({"id": "chat", "sbatch": "s.sbatch"}), T0.timestamp())
+    return hub
+
+
+def run_job(hub: Hub, token: str, start: float, end: float | None) -> Job:
+    job = Job.request("chat", 20001, token, 3600.0, at(start - 5), reason="demand")
+    job.submitted("1", at(start - 4))
+    job.started("node1", at(start))
+    job.became_ready(at(start + 2))
+    if end is not None:
+        job.drain(DrainReason.SURPLUS, at(end - 1))
+        job.end(FinalState.CANCELLED, at(end))
+    hub.log.save(job)
+    return job
+
+
+def request(hub: Hub, user: str, start: float, seconds: float, status: int = 200,
+            tokens: tuple[int, int] = (10, 20)) -> None:
+    r = Request.start(uuid4(), user, "chat", "job", 100, at(start))
+    r.finish(status, "job", 500, tokens[0], tokens[1], at(start + seconds))
+    hub.log.save(r)
+
+
+def test_accounting_by_user_service_and_day(hub: Hub) -> None:
+    """Requests, errors, tokens and seconds add up per user x service x UTC day of arrival."""
+    request(hub, "alice", 0, 2.0)
+    request(hub, "alice", 70, 1.0, status=500, tokens=(5, 0))  # next UTC day
+    request(hub, "bob", 75, 0.5)
+    rejected = Request.start(uuid4(), "bob", "chat", "", 10, at(80))
+    rejected.reject(429, "rate limit", at(80))
+    hub.log.save(rejected)
+    hub.refresh()
+    usage = hub.accounting.usage
+    alice1 = usage[("alice", "chat", "2026-11-01")]
+    assert (alice1.requests, alice1.errors, alice1.prompt_tokens, alice1.completion_tokens) == (
+        1, 0, 10, 20)
+    assert alice1.request_seconds == pytest.approx(2.0)
+    alice2 = usage[("alice", "chat", "2026-11-02")]
+    assert (alice2.requests, alice2.errors, alice2.prompt_tokens) == (1, 1, 5)
+    bob = usage[("bob", "chat", "2026-11-02")]
+    assert (bob.requests, bob.errors) == (2, 1)
+
+
+def test_job_hours_count_ended_and_running_jobs(hub: Hub) -> None:
+    """Ended jobs count start to end; running ones up to the time asked."""
+    run_job(hub, "a" * 16, start=0, end=3600)
+    run_job(hub, "b" * 16, start=0, end=None)
+    hub.refresh()
+    assert hub.accounting.job_hours("chat") == pytest.approx(1.0)
+    assert hub.accounting.job_hours("chat", now=at(1800).timestamp()) == pytest.approx(1.5)
+
+
+def test_service_state_follows_a_job_and_drops_it_when_it_ends(hub: Hub) -> None:
+    """Live jobs are listed with phase and node; ended jobs leave and are counted."""
+    live = run_job(hub, "c" * 16, start=0, end=None)
+    run_job(hub, "d" * 16, start=0, end=100)
+    hub.refresh()
+    view = hub.state.services["chat"]
+    assert list(view.jobs) == [live.id]
+    assert view.jobs[live.id].phase is Phase.READY and view.jobs[live.id].node == "node1"
+    assert view.routing_targets() == [view.jobs[live.id]]
+    assert view.startup_seconds == (7.0, 7.0)
+    assert hub.state.ended[("chat", "cancelled")] == 1
+    assert view.last_scale_at == at(99).timestamp()  # the surplus drain
+
+
+def test_incremental_updates_equal_a_rebuild(hub: Hub) -> None:
+    """Catching up in many small steps gives the same projections as one rebuild."""
+    for i in range(5):
+        run_job(hub, f"{i:016x}", start=i * 10, end=i * 10 + 5 if i % 2 else None)
+        request(hub, f"user{i % 2}", i * 10, 1.0)
+        hub.refresh()
+    state, accounting = ServiceState(), Accounting()
+    runner = ProjectionRunner(hub.log, [state, accounting])
+    assert runner.catch_up() == hub.log.last_position()
+    assert runner.position == hub.runner.position
+    assert state.fingerprint() == hub.state.fingerprint()
+    assert accounting.fingerprint() == hub.accounting.fingerprint()
+    assert runner.catch_up() == 0
