@@ -38,6 +38,8 @@ class ConfigError(ValueError):
 @dataclass(frozen=True, slots=True)
 class ControllerSettings:
     interval: float = 5.0  # seconds between passes
+    startup_interval: float = 0.5  # ... while a job is on its way or a request waits
+    probe_interval: float = 10.0  # how often a ready job is probed
     unknown_jobs: UnknownJobPolicy = UnknownJobPolicy.CANCEL
     sbatch_dir: str = "sbatch"
     job_output_dir: str = ""  # empty: Slurm's default (the submit directory)

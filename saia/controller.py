@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from uuid import UUID
 
 from eventsourcing.persistence import PersistenceError
 
@@ -33,6 +34,7 @@ from saia.domain.reconcile import (
     reconcile,
 )
 from saia.domain.slurm import RUNNING_STATES, SlurmJob
+from saia.domain.state import JobView
 from saia.hub import Hub, utc
 from saia.ports import (
     Prober,
@@ -75,6 +77,27 @@ class Controller:
         self.clock = clock
         self.rng = rng
         self.demand = demand if demand is not None else DemandTracker()
+        self._wake = threading.Event()
+        self._last_probe: dict[UUID, float] = {}
+
+    def sleep(self, seconds: float) -> None:
+        """Wait for the next pass: the interval, or less if woken."""
+        self._wake.wait(seconds)
+        self._wake.clear()
+
+    def wake(self) -> None:
+        """Run the next pass now (a request is waiting for a service with no backend)."""
+        self._wake.set()
+
+    def starting(self) -> bool:
+        """Whether a job is on its way to ready, or a request waits: then passes come fast."""
+        waiting = self.demand.waiting_total()
+        return waiting > 0 or any(
+            job.phase is not Phase.READY
+            for service in self.hub.state.services.values()
+            for job in service.jobs.values()
+            if not job.draining
+        )
 
     def tick(self) -> PassReport:
         now = self.clock()
@@ -162,6 +185,13 @@ class Controller:
             self.hub.log.save(cluster)
         self.slurm.cancel(seen.job_id)
 
+    def _due_for_probe(self, job: JobView, now: float) -> bool:
+        """Starting jobs every pass, to see them ready at once; ready ones now and then."""
+        if job.phase is Phase.RUNNING:
+            return True
+        last = self._last_probe.get(job.id)
+        return last is None or now - last >= self.settings.probe_interval
+
     def _probe(self, now: float) -> None:
         services = self.hub.state.active_services()
         targets = [
@@ -169,10 +199,15 @@ class Controller:
             for service in services.values()
             for job in service.jobs.values()
             if job.phase in (Phase.RUNNING, Phase.READY) and job.node
-            and job.cancel_requested_at is None
+            and job.cancel_requested_at is None and self._due_for_probe(job, now)
         ]
+        live = {job for service in services.values() for job in service.jobs}
+        for gone in self._last_probe.keys() - live:
+            del self._last_probe[gone]
         if not targets:
             return
+        for target in targets:
+            self._last_probe[target.job] = now
         results = self.prober.probe(targets, self.settings.probe_timeout)
         changed: list[Job] = []
         for target in targets:
@@ -261,12 +296,12 @@ def run(
     stop: threading.Event,
     on_pass: Callable[[PassReport], None] | None = None,
 ) -> None:
-    """Pass after pass until ``stop`` is set; each pass under the controller lock.
+    """Pass after pass until ``stop`` is set (then wake the controller); one pass at a time.
 
     A store error or a stale decision (another writer moved a job first) loses
     one pass, not the controller: the next pass starts from the log again.
     """
-    interval = controller.settings.interval
+    settings = controller.settings
     while not stop.is_set():
         started = time.monotonic()
         with lock:
@@ -282,4 +317,5 @@ def run(
                         "pass: %d corrections, %d actions, %d errors",
                         len(report.corrections), len(report.actions), len(report.errors),
                     )
-        stop.wait(max(0.0, interval - (time.monotonic() - started)))
+        interval = settings.startup_interval if controller.starting() else settings.interval
+        controller.sleep(max(0.0, interval - (time.monotonic() - started)))

@@ -70,6 +70,10 @@ class DemandTracker:
                         self._inflight_by_job.pop(job, None)
             self._sample(service, now)
 
+    def waiting_total(self) -> int:
+        with self._lock:
+            return sum(self._waiting.values())
+
     def snapshot(self, windows: Mapping[str, float], now: float) -> DemandSnapshot:
         with self._lock:
             for service in self._samples:
