@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import time
 import tomllib
 from collections.abc import Sequence
@@ -15,7 +17,8 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from saia import catalog, config, settings
+from saia import bootstrap, catalog, config, settings
+from saia.controller import describe, run
 from saia.domain.errors import DomainError
 from saia.domain.spec import ServiceSpec
 from saia.hub import Hub
@@ -41,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser(env.config)
     args = parser.parse_args(argv)
     logging.basicConfig(level=env.log_level, format=LOG_FORMAT)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe is noise
     try:
         result: int = args.run(args)
     except (config.ConfigError, DomainError) as error:
@@ -62,6 +66,11 @@ def _parser(default_config: Path) -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="services and their jobs")
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=_status)
+
+    tick = commands.add_parser("tick", help="one controller pass: observe, plan, act")
+    tick.set_defaults(run=_tick)
+    controller = commands.add_parser("controller", help="run controller passes until stopped")
+    controller.set_defaults(run=_controller)
 
     service = commands.add_parser("service", help="add, edit or remove a service")
     verbs = service.add_subparsers(required=True, metavar="VERB")
@@ -128,6 +137,39 @@ def _status(args: argparse.Namespace) -> int:
             str(row["inflight"]), jobs or "-",
         )
     Console().print(table)
+    return 0
+
+
+def _tick(args: argparse.Namespace) -> int:
+    cfg, hub = _open(args)
+    try:
+        controller = bootstrap.controller_for(cfg, hub)
+        with bootstrap.controller_lock(cfg):
+            report = controller.tick()
+    finally:
+        hub.close()
+    for line in describe(report):
+        print(line)
+    for error in report.errors:
+        print(f"saia: {error}", file=sys.stderr)
+    return 1 if report.errors else 0
+
+
+def _controller(args: argparse.Namespace) -> int:
+    cfg, hub = _open(args)
+    stop = threading.Event()
+    controller = bootstrap.controller_for(cfg, hub)
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop.set()
+        controller.wake()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        run(controller, bootstrap.controller_lock(cfg), stop)
+    finally:
+        hub.close()
     return 0
 
 

@@ -47,6 +47,7 @@ class ControllerSettings:
     probe_timeout: float = 2.0
     heartbeat_interval: float = 60.0  # a steady healthy job is recorded this often
     sbatch_args: tuple[str, ...] = ()  # e.g. ("--partition=gpu", "--account=llm")
+    slurm_user: str = ""  # whose jobs saia lists and cancels; empty: any user's
 
 
 @dataclass(frozen=True, slots=True)

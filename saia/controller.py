@@ -290,6 +290,11 @@ class Controller:
                     self.slurm.cancel(job.slurm_job_id)
 
 
+def describe(report: PassReport) -> list[str]:
+    """One line per correction and action of a pass, for people."""
+    return [f"{type(item).__name__}: {item}" for item in (*report.corrections, *report.actions)]
+
+
 def run(
     controller: Controller,
     lock: FileLock,
