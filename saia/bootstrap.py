@@ -9,7 +9,7 @@ from pathlib import Path
 
 from saia.adapters.lock import FileLock
 from saia.adapters.prober import HttpProber
-from saia.adapters.slurm_local import LocalSlurm, LocalSlurmSettings
+from saia.adapters.slurm_local import LocalSlurm, LocalSlurmSettings, SlurmCommands
 from saia.config import Config
 from saia.controller import Controller
 from saia.demand import DemandTracker
@@ -31,6 +31,11 @@ def local_slurm(config: Config) -> LocalSlurm:
             job_output_dir=Path(settings.job_output_dir) if settings.job_output_dir else None,
             sbatch_args=settings.sbatch_args,
             user=settings.slurm_user or None,
+            commands=SlurmCommands(
+                sbatch=f"{settings.slurm_bin}/sbatch",
+                squeue=f"{settings.slurm_bin}/squeue",
+                scancel=f"{settings.slurm_bin}/scancel",
+            ),
         )
     )
 

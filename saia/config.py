@@ -48,6 +48,7 @@ class ControllerSettings:
     heartbeat_interval: float = 60.0  # a steady healthy job is recorded this often
     sbatch_args: tuple[str, ...] = ()  # e.g. ("--partition=gpu", "--account=llm")
     slurm_user: str = ""  # whose jobs saia lists and cancels; empty: any user's
+    slurm_bin: str = "/usr/bin"  # where sbatch, squeue and scancel are
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,6 +92,6 @@ class DemandTracker:
     def _sample(self, service: str, now: float) -> None:
         value = self._inflight.get(service, 0) + self._waiting.get(service, 0)
         samples = self._samples.setdefault(service, deque(maxlen=self._max_samples))
+        if value > 0 or (samples and samples[-1][1] > 0):
+            self._last_demand_at[service] = now  # demand held until this moment
         samples.append((now, float(value)))
-        if value > 0:
-            self._last_demand_at[service] = now

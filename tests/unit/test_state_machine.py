@@ -61,6 +61,7 @@ class ControllerMachine(RuleBasedStateMachine):
             self.clock, random.Random(7),
         )
         self.last_demand_at: dict[str, float] = {}
+        self.demand_now: dict[str, int] = {}
         self.report: PassReport = self._tick()
 
     def _store(self) -> StoreSettings:
@@ -77,9 +78,10 @@ class ControllerMachine(RuleBasedStateMachine):
     @rule(service=st.sampled_from([s.id for s in SPECS]), inflight=st.integers(0, 8),
           waiting=st.integers(0, 3))
     def set_demand(self, service: str, inflight: int, waiting: int) -> None:
+        if inflight + waiting > 0 or self.demand_now.get(service, 0) > 0:
+            self.last_demand_at[service] = self.clock()  # demand held until now
+        self.demand_now[service] = inflight + waiting
         self.controller.demand.set(service, inflight, waiting, self.clock())
-        if inflight + waiting > 0:
-            self.last_demand_at[service] = self.clock()
 
     @rule(seconds=st.floats(0.5, INTERVAL), start=st.booleans())
     def time_passes(self, seconds: float, start: bool) -> None:
