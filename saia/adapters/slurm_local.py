@@ -1,0 +1,263 @@
+"""Slurm through its commands on this machine: sbatch, squeue and scancel.
+
+Each command runs as an argv list (never a shell) from an absolute path, with a
+timeout, and its exit code and stderr are checked; what it prints is read by
+saia.adapters.slurm_parse. Errors map onto the port's:
+
+- the controller cannot be reached: SlurmUnavailable;
+- a command (or Slurm's own RPC) timed out, or sbatch's answer is unreadable:
+  SlurmTimeout, since the effect is unknown until the next look at the queue;
+- sbatch answered and refused, or saia refused the request before sbatch ran:
+  SubmissionRejected;
+- anything else: SlurmError.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC
+from pathlib import Path
+
+from saia.adapters.slurm_parse import (
+    JOB_NAME_PREFIX,
+    SQUEUE_FORMAT,
+    SlurmParseError,
+    parse_sbatch_parsable,
+    read_squeue,
+)
+from saia.domain.slurm import SlurmJob
+from saia.domain.spec import SBATCH_NAME, SERVICE_ID
+from saia.ports import (
+    SlurmError,
+    SlurmTimeout,
+    SlurmUnavailable,
+    SubmissionRejected,
+    SubmitRequest,
+)
+
+log = logging.getLogger(__name__)
+
+# What Slurm's client commands print when the controller does not answer
+# (recorded: "Unable to contact slurm controller (connect failure)", after about 9 s).
+_UNREACHABLE = (
+    "Unable to contact slurm controller",
+    "Connection refused",
+    "Zero Bytes were transmitted or received",
+    "Communication connection failure",
+    "backup controller in standby mode",
+)
+# Slurm's own RPC timed out: the controller may still have acted on the request.
+_RPC_TIMEOUT = "Socket timed out"
+# scancel's answers for a job that is already gone: cancelling is idempotent.
+_ALREADY_GONE = ("Invalid job id specified", "already completing or completed")
+_JOB_ID = re.compile(r"[1-9][0-9]{0,9}")  # digits only: saia submits no arrays
+_TOKEN = re.compile(r"[0-9a-f]{16}")
+# Variables that change what squeue prints or which jobs it shows (SQUEUE_PARTITION
+# would hide jobs, SLURM_TIME_FORMAT change the time format, SLURM_CLUSTERS add
+# header lines), and scancel's (SCANCEL_INTERACTIVE would ask on stdin).
+# How saia finds its jobs again and reads sbatch's answer: not the operator's to change.
+_SAIAS_OPTIONS = ("-J", "--job-name", "--comment", "--parsable")
+_SQUEUE_VARIABLES = ("SQUEUE_", "SLURM_TIME_FORMAT", "SLURM_CLUSTERS")
+_SCANCEL_VARIABLES = ("SCANCEL_", "SLURM_CLUSTERS")
+
+
+class InvalidSubmission(SubmissionRejected):
+    """saia refused the request before running sbatch (script name, port, token...)."""
+
+
+class SubmissionUnconfirmed(SlurmTimeout):
+    """sbatch exited 0 but printed no job id: the job may exist; the queue will tell."""
+
+
+@dataclass(frozen=True, slots=True)
+class SlurmCommands:
+    sbatch: str = "/usr/bin/sbatch"
+    squeue: str = "/usr/bin/squeue"
+    scancel: str = "/usr/bin/scancel"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalSlurmSettings:
+    sbatch_dir: Path  # the only folder scripts are taken from
+    job_python: str  # absolute path; jobs get it as SAIA_PYTHON
+    job_output_dir: Path | None = None  # None: Slurm's default, the submit directory
+    sbatch_args: tuple[str, ...] = ()  # e.g. ("--partition=gpu", "--account=llm")
+    # Whose jobs are listed and may be cancelled; None: everyone's. With None any user
+    # can name a job like saia's and so forge or garble saia's view of the queue:
+    # leave it None only where every submitter is trusted (a dev cluster, tests).
+    user: str | None = None
+    commands: SlurmCommands = field(default_factory=SlurmCommands)
+    timeout: float = 30.0  # seconds per command; Slurm itself gives up after about 9 s
+    # The commands' environment; None: saia's own. sbatch passes it on to the job.
+    environment: Mapping[str, str] | None = None
+
+
+class LocalSlurm:
+    """The Slurm port, by running Slurm's commands on this host."""
+
+    def __init__(self, settings: LocalSlurmSettings) -> None:
+        paths = {
+            "sbatch_dir": str(settings.sbatch_dir),
+            "job_python": settings.job_python,
+            "commands.sbatch": settings.commands.sbatch,
+            "commands.squeue": settings.commands.squeue,
+            "commands.scancel": settings.commands.scancel,
+        }
+        if settings.job_output_dir is not None:
+            paths["job_output_dir"] = str(settings.job_output_dir)
+        for name, path in paths.items():
+            if not os.path.isabs(path):
+                raise ValueError(f"{name} must be an absolute path, not {path!r}")
+        for arg in settings.sbatch_args:
+            if arg.startswith(_SAIAS_OPTIONS):
+                raise ValueError(f"sbatch_args may not set {arg!r}: saia sets it itself")
+        if not settings.timeout > 0:
+            raise ValueError(f"timeout must be positive, not {settings.timeout!r}")
+        self.settings = settings
+        self._reported: set[str] = set()
+
+    # -- the Slurm port ------------------------------------------------------------
+
+    def submit(self, request: SubmitRequest) -> str:
+        argv = self.sbatch_argv(request)
+        result = self._run(argv, self._environment((), {"SAIA_PYTHON": self.settings.job_python}))
+        if result.returncode != 0:
+            raise _unreachable(result) or SubmissionRejected(_describe(result))
+        if result.stderr.strip():
+            log.warning("sbatch for %s: %s", request.service, result.stderr.strip())
+        try:
+            return parse_sbatch_parsable(result.stdout)
+        except SlurmParseError as error:
+            raise SubmissionUnconfirmed(f"sbatch exited 0: {error}") from None
+
+    def jobs(self) -> list[SlurmJob]:
+        argv = [
+            self.settings.commands.squeue,
+            "--noheader",
+            "--all",  # hidden partitions too
+            # Finished jobs too (for MinJobAge): an ended job then shows its final
+            # state (CANCELLED, TIMEOUT, FAILED) instead of vanishing as if lost.
+            "--states=all",
+            f"--format={SQUEUE_FORMAT}",
+            *self._user_filter(),
+        ]
+        # squeue prints start times in its zone: make that UTC, free of DST folds.
+        result = self._run(argv, self._environment(_SQUEUE_VARIABLES, {"TZ": "UTC"}))
+        if result.returncode != 0:
+            raise _unreachable(result) or SlurmError(_describe(result))
+        if "error" in result.stderr.lower():
+            # Seen: `squeue -u nosuchuser` exits 0 with an error and no jobs. An empty
+            # listing taken at its word would end every job as lost.
+            raise SlurmError(_describe(result))
+        listing = read_squeue(result.stdout, UTC)
+        for odd in listing.malformed:
+            if odd.job_id not in self._reported:  # once per job, not once per pass
+                self._reported.add(odd.job_id)
+                log.warning(
+                    "job %s is named like saia's but %s; ignored: %r",
+                    odd.job_id, odd.problem, odd.line,
+                )
+        return listing.jobs
+
+    def cancel(self, slurm_job_id: str) -> None:
+        if not _JOB_ID.fullmatch(slurm_job_id):
+            raise SlurmError(f"not a Slurm job id saia could have: {slurm_job_id!r}")
+        argv = [self.settings.commands.scancel, *self._user_filter(), slurm_job_id]
+        result = self._run(argv, self._environment(_SCANCEL_VARIABLES, {}))
+        if result.returncode == 0 or any(gone in result.stderr for gone in _ALREADY_GONE):
+            return
+        raise _unreachable(result) or SlurmError(_describe(result))
+
+    # -- building and running commands ---------------------------------------------
+
+    def sbatch_argv(self, request: SubmitRequest) -> list[str]:
+        """The sbatch command for a request, or InvalidSubmission; runs nothing."""
+        script = self._script(request.sbatch)
+        if not SERVICE_ID.fullmatch(request.service):
+            raise InvalidSubmission(f"not a service id: {request.service!r}")
+        if not _TOKEN.fullmatch(request.token):
+            raise InvalidSubmission(f"not a token of 16 hex digits: {request.token!r}")
+        if not 1 <= request.port <= 65535:
+            raise InvalidSubmission(f"not a port: {request.port!r}")
+        if not math.isfinite(request.walltime) or request.walltime <= 0:
+            raise InvalidSubmission(f"not a walltime in seconds: {request.walltime!r}")
+        argv = [
+            self.settings.commands.sbatch,
+            "--parsable",
+            f"--job-name={JOB_NAME_PREFIX}{request.service}",
+            f"--comment=saia:{request.token}:{request.port}",
+            f"--time={walltime_minutes(request.walltime)}",
+        ]
+        if self.settings.job_output_dir is not None:
+            argv.append(f"--output={self.settings.job_output_dir / 'saia-%j.out'}")
+        # Operator options come after saia's, so that they may override --time or --output.
+        argv.extend(self.settings.sbatch_args)
+        argv.extend([str(script), str(request.port)])
+        return argv
+
+    def _script(self, name: str) -> Path:
+        # A plain file name (no '/', no leading dot, so no '..'): a request can only
+        # pick one of the scripts the operator put in sbatch_dir.
+        if not SBATCH_NAME.fullmatch(name):
+            raise InvalidSubmission(f"not a plain sbatch script name: {name!r}")
+        script = self.settings.sbatch_dir / name
+        if not script.is_file():
+            raise InvalidSubmission(f"no script {name!r} in {self.settings.sbatch_dir}")
+        return script
+
+    def _user_filter(self) -> list[str]:
+        return [] if self.settings.user is None else [f"--user={self.settings.user}"]
+
+    def _environment(self, drop: Sequence[str], add: Mapping[str, str]) -> dict[str, str]:
+        # Inherited, not configuration: the commands need SLURM_CONF, PATH and the like.
+        base = os.environ if self.settings.environment is None else self.settings.environment
+        kept = {name: value for name, value in base.items() if not name.startswith(tuple(drop))}
+        return {**kept, **add}
+
+    def _run(
+        self, argv: list[str], environment: dict[str, str]
+    ) -> subprocess.CompletedProcess[str]:
+        command = Path(argv[0]).name
+        try:
+            return subprocess.run(
+                argv,
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                encoding="utf-8",
+                errors="replace",  # job names and comments are anyone's bytes
+                timeout=self.settings.timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise SlurmTimeout(
+                f"{command} did not finish within {self.settings.timeout:g} s"
+            ) from None
+        except OSError as error:
+            raise SlurmError(f"cannot run {argv[0]}: {error.strerror or error}") from None
+
+
+def walltime_minutes(seconds: float) -> int:
+    """Whole minutes for sbatch --time, rounded up: a job never gets less than asked."""
+    return max(1, math.ceil(seconds / 60))
+
+
+def _describe(result: subprocess.CompletedProcess[str]) -> str:
+    command = Path(str(result.args[0])).name
+    stderr = result.stderr.strip() or "(nothing on stderr)"
+    return f"{command} exited {result.returncode}: {stderr}"
+
+
+def _unreachable(result: subprocess.CompletedProcess[str]) -> SlurmUnavailable | None:
+    if _RPC_TIMEOUT in result.stderr:
+        return SlurmTimeout(_describe(result))
+    if any(marker in result.stderr for marker in _UNREACHABLE):
+        return SlurmUnavailable(_describe(result))
+    return None
