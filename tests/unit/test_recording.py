@@ -1,0 +1,252 @@
+"""Group commit: every producer's events recorded once, in few transactions, errors isolated."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent
+
+from saia.adapters.store import EventLog, MemoryStore, SqliteStore
+from saia.domain.request import Request
+from saia.recording import GroupCommitter, RecorderClosed, RecorderOverloaded
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+PRODUCERS = 64
+
+
+class Gate:
+    """Holds the writer inside its first insert until opened, so that the test
+    decides what is queued behind it."""
+
+    def __init__(self, log: EventLog) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+        self._insert = log.recorder.insert_events
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Any:
+        self.entered.set()
+        assert self.opened.wait(timeout=30), "the test never opened the gate"
+        return self._insert(stored_events, **kwargs)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventLog]:
+    store = MemoryStore() if request.param == "memory" else SqliteStore(str(tmp_path / "e.db"))
+    log = EventLog(store)
+    yield log
+    log.close()
+
+
+@pytest.fixture
+def gate(log: EventLog, monkeypatch: pytest.MonkeyPatch) -> Gate:
+    gate = Gate(log)
+    monkeypatch.setattr(log.recorder, "insert_events", gate.insert_events)
+    return gate
+
+
+def started(at: float = 0.0, request_id: UUID | None = None) -> Request:
+    at_time = T0 + timedelta(seconds=at)
+    return Request.start(request_id or uuid4(), "alice", "chat", "job", 100, at_time)
+
+
+def recorded(log: EventLog) -> list[tuple[UUID, int, str]]:
+    notifications = log.recorder.select_notifications(start=None, limit=1_000_000)
+    return [(UUID(str(n.originator_id)), n.originator_version, n.topic) for n in notifications]
+
+
+def test_concurrent_producers_share_transactions(log: EventLog, gate: Gate) -> None:
+    """64 threads submitting at once are recorded once each, in fewer transactions than that."""
+    requests = [started(i) for i in range(PRODUCERS)]
+    handed_over = threading.Semaphore(0)
+    errors: list[BaseException] = []
+
+    with GroupCommitter(log) as committer:
+
+        def produce(request: Request) -> None:
+            future = committer.submit(request)
+            handed_over.release()
+            error = future.exception(timeout=30)
+            if error is not None:
+                errors.append(error)
+
+        threads = [threading.Thread(target=produce, args=(r,)) for r in requests]
+        for thread in threads:
+            thread.start()
+        for _ in threads:
+            assert handed_over.acquire(timeout=30)
+        gate.opened.set()
+        for thread in threads:
+            thread.join()
+
+        assert errors == []
+        assert sorted(recorded(log)) == sorted((r.id, 1, "saia.Request.Started") for r in requests)
+        assert committer.stats.batches < PRODUCERS
+        assert committer.stats.submissions == committer.stats.events == PRODUCERS
+
+
+def test_many_rounds_from_many_threads_keep_each_requests_order(log: EventLog) -> None:
+    """Started and Finished of every request are recorded exactly once, in order, batched."""
+    rounds = 10
+    failures: list[BaseException] = []
+
+    with GroupCommitter(log) as committer:
+
+        def produce() -> None:
+            try:
+                for i in range(rounds):
+                    request = started(i)
+                    committer.record(request)
+                    request.finish(200, "job", 50, 1, 2, T0 + timedelta(seconds=i + 1))
+                    committer.record(request)
+            except BaseException as error:
+                failures.append(error)
+
+        threads = [threading.Thread(target=produce) for _ in range(PRODUCERS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        stats = committer.stats
+
+    rows = recorded(log)
+    assert failures == []
+    assert len(rows) == len(set(rows)) == PRODUCERS * rounds * 2
+    position = {(request_id, version): index for index, (request_id, version, _) in enumerate(rows)}
+    assert all(position[(r, 1)] < position[(r, 2)] for r, version, _ in rows if version == 2)
+    assert stats.events == PRODUCERS * rounds * 2
+    assert stats.batches < stats.submissions
+
+
+def test_a_conflict_fails_only_the_guilty_producer(log: EventLog, gate: Gate) -> None:
+    """A stale aggregate in a batch gets IntegrityError; the others in its batch are recorded."""
+    first = started()
+    gate.opened.set()
+    with GroupCommitter(log) as committer:
+        committer.record(first)
+        gate.opened.clear()
+        gate.entered.clear()
+        blocker = committer.submit(started())
+        assert gate.entered.wait(timeout=30)
+        innocent_before, stale, innocent_after = started(), started(request_id=first.id), started()
+        futures = [committer.submit(r) for r in (innocent_before, stale, innocent_after)]
+        gate.opened.set()
+        blocker.result(timeout=30)
+
+        assert futures[0].result(timeout=30) is None
+        assert isinstance(futures[1].exception(timeout=30), IntegrityError)
+        assert futures[2].result(timeout=30) is None
+        assert committer.stats.split_batches == 1
+    ids = [request_id for request_id, _, _ in recorded(log)]
+    assert ids.count(first.id) == 1
+    assert innocent_before.id in ids and innocent_after.id in ids
+
+
+def test_a_store_that_is_down_fails_every_producer_without_retrying(
+    log: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the store itself fails, each producer of the batch gets that error, once tried."""
+    down = True
+    insert = log.recorder.insert_events
+    attempts = []
+
+    def insert_events(stored_events: Sequence[StoredEvent], **kwargs: Any) -> Any:
+        attempts.append(len(stored_events))
+        if down:
+            raise OperationalError("disk I/O error")
+        return insert(stored_events, **kwargs)
+
+    monkeypatch.setattr(log.recorder, "insert_events", insert_events)
+    with GroupCommitter(log) as committer:
+        futures = [committer.submit(started(i)) for i in range(10)]
+        errors = [f.exception(timeout=30) for f in futures]
+        assert all(isinstance(e, OperationalError) for e in errors)
+        assert len(attempts) == committer.stats.batches  # no one-by-one retries
+        assert committer.stats.split_batches == 0
+        down = False
+        committer.record(started(11))  # and it recovers with the store
+    assert len(recorded(log)) == 1
+
+
+def test_an_event_that_cannot_be_encoded_fails_its_own_producer_at_once(log: EventLog) -> None:
+    """Encoding happens in submit, so the error reaches the producer that caused it."""
+    unencodable = Request.start(uuid4(), object(), "chat", "job", 1, T0)  # type: ignore[arg-type]
+    with GroupCommitter(log) as committer:
+        with pytest.raises(TypeError):
+            committer.submit(unencodable)
+        committer.record(started())
+    assert len(recorded(log)) == 1
+
+
+def test_close_records_what_was_queued_then_refuses(log: EventLog, gate: Gate) -> None:
+    """close() drains the queue, is idempotent, and later submissions raise RecorderClosed."""
+    committer = GroupCommitter(log)
+    futures = [committer.submit(started(i)) for i in range(5)]
+    assert gate.entered.wait(timeout=30)
+    closing = threading.Thread(target=committer.close)
+    closing.start()
+    gate.opened.set()
+    closing.join(timeout=30)
+    assert all(f.result(timeout=0) is None for f in futures)
+    assert len(recorded(log)) == 5
+
+    refused = started()
+    with pytest.raises(RecorderClosed):
+        committer.submit(refused)
+    assert len(refused.pending_events) == 1  # not taken: the caller still holds its events
+    committer.close()
+
+
+def test_a_full_queue_refuses_with_a_clear_error(log: EventLog, gate: Gate) -> None:
+    """Beyond max_pending waiting submissions, submit raises RecorderOverloaded."""
+    with GroupCommitter(log, max_pending=2) as committer:
+        in_flight = committer.submit(started())
+        assert gate.entered.wait(timeout=30)
+        queued = [committer.submit(started(1)), committer.submit(started(2))]
+        refused = started(3)
+        with pytest.raises(RecorderOverloaded, match="limit is 2") as raised:
+            committer.submit(refused)
+        assert (raised.value.pending, raised.value.limit) == (2, 2)
+        assert len(refused.pending_events) == 1
+        gate.opened.set()
+        for future in (in_flight, *queued):
+            future.result(timeout=30)
+    assert len(recorded(log)) == 3
+
+
+def test_asyncio_producers_are_recorded_and_told_of_conflicts(log: EventLog) -> None:
+    """Tasks await arecord without blocking the loop; a conflict is raised in its own task."""
+    rounds = 5
+
+    async def produce(committer: GroupCommitter) -> None:
+        for i in range(rounds):
+            request = started(i)
+            await committer.arecord(request)
+            request.finish(200, "job", 50, 1, 2, T0 + timedelta(seconds=i + 1))
+            await committer.arecord(request)
+
+    async def main(committer: GroupCommitter) -> None:
+        await asyncio.gather(*(produce(committer) for _ in range(PRODUCERS)))
+        first = started()
+        await committer.arecord(first)
+        with pytest.raises(IntegrityError):
+            await committer.arecord(started(request_id=first.id))
+
+    with GroupCommitter(log) as committer:
+        asyncio.run(main(committer))
+        stats = committer.stats
+    assert len(recorded(log)) == PRODUCERS * rounds * 2 + 1
+    assert stats.batches < stats.submissions
+
+
+def test_nothing_pending_completes_at_once(log: EventLog) -> None:
+    """Aggregates without new events need no transaction."""
+    with GroupCommitter(log) as committer:
+        assert committer.submit().result(timeout=0) is None
+        assert committer.stats.transactions == 0
