@@ -1,0 +1,49 @@
+"""How the process was started: the only module of saia.entrypoint that reads the environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+USAGE = "usage: saia-entrypoint --config /absolute/path/entrypoint.toml"
+
+
+class UsageError(Exception):
+    """The forced command line itself is wrong: a mistake in authorized_keys."""
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    config: str  # plain str: pathlib would add to every start-up
+    command: bytes | None  # SSH_ORIGINAL_COMMAND as sshd set it; None when absent
+    environment: Mapping[str, str]  # for the commands it runs: sshd's, without SSH_*
+
+
+def from_environment(argv: Sequence[str]) -> Invocation:
+    """The invocation from ``argv`` (without the program name) and the environment.
+
+    The command is read as bytes (os.environb), so invalid UTF-8 reaches the
+    grammar as it was sent, to be refused there, instead of being decoded here.
+    """
+    # sbatch hands its environment on to the job: the hub's command line and address
+    # (SSH_ORIGINAL_COMMAND, SSH_CONNECTION, ...) have no business there.
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("SSH_")}
+    return Invocation(
+        config=_config_path(argv),
+        command=os.environb.get(b"SSH_ORIGINAL_COMMAND"),
+        environment=environment,
+    )
+
+
+def _config_path(argv: Sequence[str]) -> str:
+    # Two fixed forms only: argparse would cost more start-up time than it saves.
+    if len(argv) == 2 and argv[0] == "--config":
+        value = argv[1]
+    elif len(argv) == 1 and argv[0].startswith("--config="):
+        value = argv[0].removeprefix("--config=")
+    else:
+        raise UsageError(USAGE)
+    if not os.path.isabs(value):
+        raise UsageError(f"{USAGE} (the path must be absolute)")
+    return value

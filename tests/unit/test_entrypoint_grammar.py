@@ -1,0 +1,279 @@
+"""The entrypoint's command grammar: every verb accepted, everything hostile refused."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from saia.entrypoint import exits
+from saia.entrypoint.grammar import (
+    MAX_COMMAND_BYTES,
+    Cancel,
+    CommandRefused,
+    Forward,
+    Jobs,
+    KeepAlive,
+    Legacy,
+    Probe,
+    Session,
+    Status,
+    Submit,
+    parse,
+)
+
+TOKEN = "0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    ("line", "command"),
+    [
+        (b"keep-alive", KeepAlive()),
+        (b"status", Status()),
+        (b"jobs", Jobs()),
+        (b"session", Session()),
+        (b"submit llama-3.1_8B 20001 " + TOKEN.encode(), Submit("llama-3.1_8B", 20001, TOKEN)),
+        (b"submit s 1024 " + TOKEN.encode(), Submit("s", 1024, TOKEN)),
+        (b"submit s 65535 " + TOKEN.encode(), Submit("s", 65535, TOKEN)),
+        (b"cancel 4294967294", Cancel("4294967294")),
+        (b"probe 12", Probe("12", "/health")),
+        (b"probe 12 /v1/models", Probe("12", "/v1/models")),
+        (b"probe 12 /a/b.c/~d_e-f/", Probe("12", "/a/b.c/~d_e-f/")),
+        (b"forward 7", Forward("7")),
+    ],
+)
+def test_every_verb_is_accepted_with_valid_arguments(line: bytes, command: object) -> None:
+    """Each verb of the grammar parses into its typed command."""
+    assert parse(line) == command
+
+
+def test_a_str_from_os_environ_parses_like_bytes() -> None:
+    """A command given as str (os.environ's decoding) parses the same as its bytes."""
+    assert parse("cancel 12") == Cancel("12")
+
+
+def test_a_command_with_newlines_is_a_legacy_request() -> None:
+    """Five newline-separated fields are handed to the legacy parser untouched."""
+    text = 'id\nuser\nsvc\n/v1/models\n -X GET -H "accept: */*"'
+    assert parse(text.encode()) == Legacy(text)
+
+
+def refused(line: bytes | str) -> CommandRefused:
+    with pytest.raises(CommandRefused) as caught:
+        parse(line)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"submit x 20001 " + TOKEN.encode() + b"; touch /tmp/pwned",
+        b"submit x 20001 " + TOKEN.encode() + b";touch",
+        b"keep-alive && touch /tmp/pwned",
+        b"submit x 20001 $(touch /tmp/pwned)",
+        b"cancel `id`",
+        b"cancel 1|id",
+        b"probe 1 /health>/tmp/x",
+        b"probe 1 /$HOME",
+        b"cancel 1 # comment",
+        b"probe 1 '/health'",
+        b'probe 1 "/health"',
+        b"probe 1 /health\\",
+        b"probe 1 /a*",
+    ],
+)
+def test_shell_metacharacters_are_refused(line: bytes) -> None:
+    """Shell syntax is refused as usage (64), naming the metacharacters."""
+    error = refused(line)
+    assert error.exit_code == exits.REFUSED
+    assert "metacharacters" in error.reason
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"probe 1 /../etc/passwd",
+        b"probe 1 /a/../b",
+        b"probe 1 /a/..",
+        b"probe 1 ../a",
+        b"probe 1 health",
+        b"probe 1 /a%2e%2e/b",
+        b"probe 1 //a?b",
+    ],
+)
+def test_paths_that_leave_their_folder_or_are_not_plain_are_refused(line: bytes) -> None:
+    """A probe path with a '..' segment or outside /[A-Za-z0-9._~/-] is refused."""
+    assert refused(line).exit_code == exits.REFUSED
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"cancel 1\x00; id",
+        b"\x00",
+        b"keep-alive\x00",
+        b"a\nb\nc\nd\x00\ne",
+    ],
+)
+def test_nul_bytes_are_refused_as_bad_data(line: bytes) -> None:
+    """A NUL byte anywhere is bad data (65)."""
+    error = refused(line)
+    assert error.exit_code == exits.BAD_DATA
+    assert "NUL" in error.reason
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"cancel \xff",
+        b"keep-alive\xc3",
+        b"\xed\xa0\x80",  # an encoded surrogate: not UTF-8
+        b"status \xc0\xaf",  # an overlong '/'
+        b"a\nb\n\xff\nd\ne",
+    ],
+)
+def test_invalid_utf8_is_refused_as_bad_data(line: bytes) -> None:
+    """Bytes that are not UTF-8 are bad data (65), whether a verb or legacy-shaped."""
+    assert refused(line).exit_code == exits.BAD_DATA
+
+
+def test_invalid_utf8_decoded_with_surrogateescape_is_refused() -> None:
+    """A str holding surrogateescape'd bytes, as os.environ gives them, is refused too."""
+    text = b"cancel \xff".decode("utf-8", "surrogateescape")
+    assert refused(text).exit_code == exits.BAD_DATA
+    assert refused("cancel \ud800").exit_code == exits.BAD_DATA
+
+
+@pytest.mark.parametrize(
+    "line", [b"keep-alive\r", b"cancel\t1", b"status\x1b[2J", b"jobs\x7f", "jobs\x85".encode()]
+)
+def test_control_characters_are_refused(line: bytes) -> None:
+    """Carriage returns, tabs, escapes and other control characters are bad data (65)."""
+    assert refused(line).exit_code == exits.BAD_DATA
+
+
+def test_control_characters_in_a_legacy_request_are_refused() -> None:
+    """Only newlines may separate legacy fields; other control characters are refused."""
+    assert refused(b"a\nb\nc\r\n/d\n -X GET").exit_code == exits.BAD_DATA
+
+
+@pytest.mark.parametrize("size", [MAX_COMMAND_BYTES + 1, 1024 * 1024])
+def test_overlong_command_lines_are_refused_before_anything_else(size: int) -> None:
+    """A command over the bound is refused as bad data, even if it also holds a NUL."""
+    error = refused(b"\x00" + b"a" * size)
+    assert error.exit_code == exits.BAD_DATA
+    assert "longer" in error.reason
+
+
+def test_a_verb_command_over_one_kilobyte_is_refused() -> None:
+    """Verb commands have a tighter bound than legacy requests."""
+    assert refused(b"probe 1 /" + b"a" * 1100).exit_code == exits.BAD_DATA
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"", b"help", b"sh", b"bash -c id", b"KEEP-ALIVE", b"scancel 1", b"exec", b"keep_alive"],
+)
+def test_unknown_verbs_and_empty_commands_are_refused(line: bytes) -> None:
+    """Anything that is not one of the verbs is a usage error (64)."""
+    assert refused(line).exit_code == exits.REFUSED
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"keep-alive now",
+        b"jobs all",
+        b"submit x 20001",
+        b"submit x 20001 " + TOKEN.encode() + b" extra",
+        b"cancel",
+        b"cancel 1 2",
+        b"probe",
+        b"probe 1 /a /b",
+        b"forward",
+        b"forward 1 /path",
+        b"session 1",
+    ],
+)
+def test_wrong_argument_counts_are_refused(line: bytes) -> None:
+    """A verb with too few or too many arguments is a usage error naming the usage."""
+    error = refused(line)
+    assert error.exit_code == exits.REFUSED
+    assert "takes" in error.reason
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"submit -x 20001 " + TOKEN.encode(),
+        b"submit .x 20001 " + TOKEN.encode(),
+        b"submit " + b"x" * 129 + b" 20001 " + TOKEN.encode(),
+        b"submit x/y 20001 " + TOKEN.encode(),
+        b"submit x 1023 " + TOKEN.encode(),
+        b"submit x 65536 " + TOKEN.encode(),
+        b"submit x 020001 " + TOKEN.encode(),
+        b"submit x +2000 " + TOKEN.encode(),
+        b"submit x 20001 0123456789ABCDEF",
+        b"submit x 20001 0123456789abcde",
+        b"submit x 20001 0123456789abcdef0",
+        b"cancel 0",
+        b"cancel 012",
+        b"cancel 12_3",
+        b"cancel 12+0",
+        b"cancel 12.0",
+        b"cancel -1",
+        b"cancel 12345678901",
+        b"cancel \xd9\xa1\xd9\xa2",  # Arabic-Indic digits: \d would take them
+    ],
+)
+def test_arguments_must_fully_match_their_patterns(line: bytes) -> None:
+    """Service ids, ports, tokens and job ids are checked by full-match patterns."""
+    assert refused(line).exit_code == exits.REFUSED
+
+
+@pytest.mark.parametrize("line", [b" keep-alive", b"keep-alive ", b"cancel  1", b"cancel 1 "])
+def test_tokens_are_separated_by_exactly_one_space(line: bytes) -> None:
+    """Leading, trailing or doubled spaces are refused instead of being guessed around."""
+    assert refused(line).exit_code == exits.REFUSED
+
+
+VERBS = ["keep-alive", "status", "jobs", "session", "submit", "cancel", "probe", "forward"]
+HOSTILE = [";", "&&", "$(id)", "`id`", "../", "\x00", "\n", "\udcff", "|", " ", "/health", "1"]
+
+
+@given(st.binary(max_size=2048))
+def test_the_parser_never_raises_anything_but_command_refused_on_bytes(data: bytes) -> None:
+    """Fuzz: arbitrary bytes either parse or raise CommandRefused, nothing else."""
+    try:
+        parse(data)
+    except CommandRefused as error:
+        assert error.exit_code in (exits.REFUSED, exits.BAD_DATA)
+
+
+@given(st.text(max_size=2048))
+def test_the_parser_never_raises_anything_but_command_refused_on_text(text: str) -> None:
+    """Fuzz: arbitrary text, lone surrogates included, parses or raises CommandRefused."""
+    try:
+        parse(text)
+    except CommandRefused as error:
+        assert error.exit_code in (exits.REFUSED, exits.BAD_DATA)
+
+
+@given(
+    st.lists(
+        st.one_of(st.sampled_from(VERBS), st.sampled_from(HOSTILE), st.text(max_size=20)),
+        max_size=6,
+    )
+)
+def test_the_parser_never_raises_anything_but_command_refused_on_verb_like_input(
+    words: list[str],
+) -> None:
+    """Fuzz: verbs mixed with hostile fragments parse or raise CommandRefused only."""
+    line = " ".join(words)
+    try:
+        command = parse(line)
+    except CommandRefused:
+        return
+    if not isinstance(command, Legacy):
+        assert all(c.isascii() and c.isprintable() for c in line)
+        assert not set(line) & set(";&|$`<>(){}[]*?!'\"\\#")
