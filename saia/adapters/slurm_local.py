@@ -126,7 +126,13 @@ class LocalSlurm:
 
     def submit(self, request: SubmitRequest) -> str:
         argv = self.sbatch_argv(request)
-        result = self._run(argv, self._environment((), {"SAIA_PYTHON": self.settings.job_python}))
+        # The job learns its service and port from its environment as well as from $1.
+        job_environment = {
+            "SAIA_PYTHON": self.settings.job_python,
+            "SAIA_SERVICE": request.service,
+            "SAIA_PORT": str(request.port),
+        }
+        result = self._run(argv, self._environment((), job_environment))
         if result.returncode != 0:
             raise _unreachable(result) or SubmissionRejected(_describe(result))
         if result.stderr.strip():
