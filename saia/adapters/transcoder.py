@@ -45,7 +45,10 @@ class OrjsonTranscoder(JSONTranscoder):
         transcoding = self.types.get(kind)
         if transcoding is None:
             return value  # orjson's own type, or its default hook names the problem
-        return {"_type_": transcoding.name, "_data_": self._tag(transcoding.encode(value))}
+        data = transcoding.encode(value)
+        if type(data) not in _PLAIN:
+            data = self._tag(data)
+        return {"_type_": transcoding.name, "_data_": data}
 
     def _untag(self, value: Any) -> Any:
         """Decoded JSON with tagged values turned back into their types, in place."""
