@@ -20,6 +20,7 @@ from eventsourcing.persistence import PersistenceError
 from saia.adapters.lock import FileLock
 from saia.config import ControllerSettings
 from saia.demand import DemandTracker
+from saia.domain.cluster import Cluster
 from saia.domain.errors import DomainError
 from saia.domain.job import Job, Phase
 from saia.domain.policy import Action, Cancel, Drain, Observation, Submit, plan
@@ -47,6 +48,9 @@ from saia.ports import (
 )
 
 log = logging.getLogger(__name__)
+
+# How long after a submission passes stay fast, to see the job start at once.
+FAST_AFTER_SUBMIT = 60.0
 
 
 @dataclass(slots=True)
@@ -90,10 +94,17 @@ class Controller:
         self._wake.set()
 
     def starting(self) -> bool:
-        """Whether a job is on its way to ready, or a request waits: then passes come fast."""
-        waiting = self.demand.waiting_total()
-        return waiting > 0 or any(
-            job.phase is not Phase.READY
+        """Whether passes should come fast: a request waits, a started job is not ready
+        yet, or a job was submitted within the last FAST_AFTER_SUBMIT seconds.
+
+        A job left pending in a busy queue does not keep squeue polled fast for hours.
+        """
+        if self.demand.waiting_total() > 0:
+            return True
+        recent = self.clock() - FAST_AFTER_SUBMIT
+        return any(
+            job.phase is Phase.RUNNING
+            or (job.phase in (Phase.REQUESTED, Phase.SUBMITTED) and job.requested_at > recent)
             for service in self.hub.state.services.values()
             for job in service.jobs.values()
             if not job.draining
@@ -121,11 +132,16 @@ class Controller:
             report.slurm_available = False
             report.errors.append(str(error))
             cluster.unavailable(str(error), utc(now))
-            self.hub.log.save(cluster)
+            self._save_if_changed(cluster)
             return None
         cluster.available_again(utc(now))
-        self.hub.log.save(cluster)
+        self._save_if_changed(cluster)
         return queue
+
+    def _save_if_changed(self, cluster: Cluster) -> None:
+        # Most passes change nothing here; an empty save would still be a transaction.
+        if cluster.pending_events:
+            self.hub.log.save(cluster)
 
     def _reconcile(self, queue: list[SlurmJob], now: float, report: PassReport) -> None:
         state = self.hub.state
