@@ -47,7 +47,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from saia.domain.spec import SBATCH_NAME, SERVICE_ID
+from saia.entrypoint.grammar import SBATCH_NAME, SERVICE_ID
 
 SLURM_WORD = re.compile(r"[A-Za-z0-9_.,:+-]{1,128}")
 SBATCH_OPTION = re.compile(r"--([a-z][a-z-]{0,40})(=[A-Za-z0-9_.,:/@%+=-]{1,256})?")
@@ -239,11 +239,11 @@ def _login_node(read: _Reader, data: Any) -> LoginNodePlacement | None:
     return LoginNodePlacement(tuple(command), interval)
 
 
-@dataclass(frozen=True, slots=True)
 class _Reader:
     """Typed getters that name the file and field in every error."""
 
-    path: str
+    def __init__(self, path: str) -> None:
+        self.path = path
 
     def fail(self, table: str, key: str, message: str) -> ConfigError:
         return ConfigError(self.path, f"{table}.{key}" if table else key, message)

@@ -25,13 +25,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from saia.domain.spec import PROBE_PATH, SERVICE_ID
 from saia.entrypoint import exits
 
 # A legacy request carries a handful of HTTP headers; a verb command is short.
 MAX_COMMAND_BYTES = 16 * 1024
 MAX_VERB_COMMAND_BYTES = 1024
 
+# The same patterns as saia.domain.spec's (a unit test pins them): copied, because
+# importing spec would build its ServiceSpec class on every start-up of the entrypoint.
+SERVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+SBATCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+PROBE_PATH = re.compile(r"/[A-Za-z0-9._~/-]{0,255}")
 SLURM_JOB_ID = re.compile(r"[1-9][0-9]{0,9}")  # digits only: no arrays, steps or het jobs
 PORT = re.compile(r"[1-9][0-9]{3,4}")
 PORT_MIN, PORT_MAX = 1024, 65535

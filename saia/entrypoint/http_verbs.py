@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-from uuid import UUID
 
 from saia.entrypoint import exits, grammar, legacy, relay
 from saia.entrypoint.config import EntrypointConfig
@@ -34,6 +33,8 @@ def probe(command: grammar.Probe, context: Context) -> int:
     """The same check as the hub's own prober (HttpProber): ok means a 2xx answer."""
     route = _running_route(command.job_id, context)
     # httpx costs about 0.1 s to import; forward and legacy requests must not pay it.
+    from uuid import UUID  # noqa: PLC0415 (start-up cost)
+
     from saia.adapters.prober import HttpProber  # noqa: PLC0415 (start-up cost)
     from saia.ports import ProbeTarget  # noqa: PLC0415 (start-up cost)
 

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from saia.entrypoint import exits
+from saia.domain import spec
+from saia.entrypoint import exits, grammar
 from saia.entrypoint.grammar import (
     MAX_COMMAND_BYTES,
     Cancel,
@@ -45,6 +46,13 @@ TOKEN = "0123456789abcdef"
 def test_every_verb_is_accepted_with_valid_arguments(line: bytes, command: object) -> None:
     """Each verb of the grammar parses into its typed command."""
     assert parse(line) == command
+
+
+def test_the_grammars_patterns_are_the_service_specs() -> None:
+    """Service ids, script names and probe paths follow the same patterns as ServiceSpec."""
+    assert grammar.SERVICE_ID.pattern == spec.SERVICE_ID.pattern
+    assert grammar.SBATCH_NAME.pattern == spec.SBATCH_NAME.pattern
+    assert grammar.PROBE_PATH.pattern == spec.PROBE_PATH.pattern
 
 
 def test_a_str_from_os_environ_parses_like_bytes() -> None:

@@ -1,0 +1,608 @@
+"""saia-entrypoint over the real sshd with the forced-command key, against the real Slurm."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from saia.domain.slurm import SlurmJob, SlurmState
+from saia.entrypoint import exits
+from saia.entrypoint.wire import job_from_line
+
+pytestmark = [pytest.mark.ssh, pytest.mark.slurm]
+
+REPO = Path(__file__).resolve().parents[2]
+NEEDED = (
+    "SAIA_SSH_HOST",
+    "SAIA_SSH_PORT",
+    "SAIA_SSH_USER",
+    "SAIA_SSH_KEY",
+    "SAIA_SSH_KNOWN_HOSTS",
+    "SAIA_JOB_OUTPUT_DIR",
+    "SAIA_ENTRYPOINT_CONFIG",
+)
+SERVICE = "testsvc"
+PORT_MIN, PORT_MAX = 20000, 20999
+QUEUE_CACHE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Link:
+    """The hub's side of the key: the ssh CLI with nothing but the key and known_hosts."""
+
+    host: str
+    port: str
+    user: str
+    key: str
+    known_hosts: str
+    config: Path
+
+    def ssh_argv(self, *options: str) -> list[str]:
+        return [
+            "ssh",
+            "-i", self.key,
+            "-p", self.port,
+            "-o", f"UserKnownHostsFile={self.known_hosts}",
+            "-o", "StrictHostKeyChecking=yes",
+            "-o", "BatchMode=yes",
+            "-o", "ControlMaster=no",
+            "-o", "ControlPath=none",
+            *options,
+            f"{self.user}@{self.host}",
+        ]  # fmt: skip
+
+    def run(
+        self,
+        *command: str | bytes,
+        stdin: bytes = b"",
+        options: Sequence[str] = (),
+        timeout: float = 30.0,
+    ) -> subprocess.CompletedProcess[bytes]:
+        argv: list[str | bytes] = [*self.ssh_argv(*options), *command]
+        return subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout, check=False)
+
+
+def write_config(link: Link, login_node: str = "", **overrides: str) -> None:
+    """The entrypoint's configuration for these tests; ``overrides`` are raw TOML values."""
+    settings = {
+        "sbatch_dir": f'"{REPO / "sbatch"}"',
+        "state_dir": f'"{link.config.parent / "entrypoint-state"}"',
+        "job_output_dir": f'"{os.environ["SAIA_JOB_OUTPUT_DIR"]}"',
+        "job_python": f'"{REPO / ".venv" / "bin" / "python"}"',
+        "port_min": str(PORT_MIN),
+        "port_max": str(PORT_MAX),
+        "queue_cache_seconds": str(QUEUE_CACHE_SECONDS),
+        "connect_timeout": "3.0",
+        "idle_timeout": "30.0",
+        **overrides,
+    }
+    lines = [f"{key} = {value}" for key, value in settings.items()]
+    lines += [f"[services.{SERVICE}]", 'sbatch = "testservice.sbatch"', "time_limit = 5"]
+    if login_node:
+        lines += ["[login_node]", login_node]
+    link.config.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def link() -> Iterator[Link]:
+    missing = [name for name in NEEDED if not os.environ.get(name)]
+    if missing:
+        pytest.skip(f"needs the dev cluster's environment ({', '.join(missing)}): "
+                    "source the file `scripts/dev-cluster env` prints")  # fmt: skip
+    if shutil.which("ssh") is None:
+        pytest.skip("needs the ssh client")
+    found = Link(
+        host=os.environ["SAIA_SSH_HOST"],
+        port=os.environ["SAIA_SSH_PORT"],
+        user=os.environ["SAIA_SSH_USER"],
+        key=os.environ["SAIA_SSH_KEY"],
+        known_hosts=os.environ["SAIA_SSH_KNOWN_HOSTS"],
+        config=Path(os.environ["SAIA_ENTRYPOINT_CONFIG"]),
+    )
+    try:
+        socket.create_connection((found.host, int(found.port)), timeout=2).close()
+    except OSError as error:
+        pytest.skip(f"sshd does not answer on {found.host}:{found.port} ({error})")
+    state = found.config.parent / "entrypoint-state"
+    state.mkdir(mode=0o700, exist_ok=True)
+    account = pwd.getpwnam(found.user)
+    os.chown(state, account.pw_uid, account.pw_gid)  # the forced command runs as that user
+    write_config(found)
+    yield found
+    write_config(found)
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    job_id: str
+    port: int
+    token: str
+
+
+def new_port() -> int:
+    return PORT_MIN + 100 + secrets.randbelow(PORT_MAX - PORT_MIN - 100)
+
+
+def saia_jobs(link: Link) -> list[SlurmJob]:
+    """The jobs verb's lines, read back as the hub's remote adapter reads them."""
+    answer = link.run("jobs")
+    assert answer.returncode == 0, answer.stderr
+    return [job_from_line(line) for line in answer.stdout.splitlines()]
+
+
+def live_job_ids(link: Link) -> set[str]:
+    return {job.job_id for job in saia_jobs(link) if job.final is None}
+
+
+def wait_until(what: str, check: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def job(link: Link) -> Iterator[RunningJob]:
+    """One running testservice job of saia's, submitted through the entrypoint."""
+    port, token = new_port(), secrets.token_hex(8)
+    answer = link.run("submit", SERVICE, str(port), token)
+    assert answer.returncode == 0, answer.stderr
+    submitted = RunningJob(answer.stdout.decode().strip(), port, token)
+    try:
+        wait_until("the job to answer its probe", lambda: probe_ok(link, submitted.job_id))
+        yield submitted
+    finally:
+        link.run("cancel", submitted.job_id)
+
+
+def probe_ok(link: Link, job_id: str) -> bool:
+    answer = link.run("probe", job_id)
+    return answer.returncode == 0 and json.loads(answer.stdout)["ok"] is True
+
+
+@pytest.fixture
+def marker() -> Iterator[Path]:
+    path = Path(f"/tmp/saia-pwned-{uuid.uuid4().hex}")
+    yield path
+    path.unlink(missing_ok=True)
+
+
+# -- every verb ------------------------------------------------------------------
+
+
+def test_keep_alive_answers_ok(link: Link) -> None:
+    """keep-alive prints ok and exits 0."""
+    answer = link.run("keep-alive")
+    assert (answer.returncode, answer.stdout) == (0, b"ok\n")
+
+
+def test_status_lists_the_configured_services(link: Link) -> None:
+    """status prints one JSON line with the allowed services and the port range."""
+    answer = link.run("status")
+    assert answer.returncode == 0, answer.stderr
+    report = json.loads(answer.stdout)
+    assert [service["id"] for service in report["services"]] == [SERVICE]
+    assert (report["port_min"], report["port_max"]) == (PORT_MIN, PORT_MAX)
+
+
+def test_submit_runs_the_service_and_jobs_lists_it(link: Link, job: RunningJob) -> None:
+    """A submitted job appears in jobs with its service, token, port and a batch host."""
+    listed = {entry.job_id: entry for entry in saia_jobs(link)}
+    entry = listed[job.job_id]
+    assert (entry.service, entry.token, entry.port) == (SERVICE, job.token, job.port)
+    assert entry.state is SlurmState.RUNNING and entry.batch_host
+    assert entry.time_limit == 5 * 60 and entry.start_time is not None
+
+
+def test_a_retried_submit_returns_the_same_job(link: Link, job: RunningJob) -> None:
+    """Submitting the same token again (a retry after a lost answer) starts nothing new."""
+    before = live_job_ids(link)
+    answer = link.run("submit", SERVICE, str(job.port), job.token)
+    assert (answer.returncode, answer.stdout.decode().strip()) == (0, job.job_id)
+    assert live_job_ids(link) == before
+
+
+def test_probe_checks_a_path_of_the_job(link: Link, job: RunningJob) -> None:
+    """probe GETs the path on the job's batch host and port and reports ok and latency."""
+    answer = link.run("probe", job.job_id, "/v1/models")
+    result = json.loads(answer.stdout)
+    assert answer.returncode == 0 and result["ok"] is True and result["latency"] > 0
+    missing = json.loads(link.run("probe", job.job_id, "/no-such-path").stdout)
+    assert missing["ok"] is False and missing["error"] == "HTTP 404"
+
+
+def served_model(link: Link, job: RunningJob) -> str:
+    answer = link.run("forward", job.job_id, stdin=b"GET /v1/models HTTP/1.1\r\nHost: hub\r\n\r\n")
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.startswith(b"HTTP/1.1 200 ")
+    model: str = json.loads(answer.stdout.partition(b"\r\n\r\n")[2])["data"][0]["id"]
+    return model
+
+
+def chat(model: str, stream: bool) -> bytes:
+    message = {"role": "user", "content": "hi"}
+    return json.dumps({"model": model, "stream": stream, "messages": [message]}).encode()
+
+
+def test_forward_relays_a_request_and_streams_the_raw_response(link: Link, job: RunningJob) -> None:
+    """stdin's HTTP request reaches the job; stdout is its raw HTTP/1.1 response."""
+    body = chat(served_model(link, job), stream=True)
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: hub\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer not-logged\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    answer = link.run("forward", job.job_id, stdin=request)
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.startswith(b"HTTP/1.1 200 ")
+    assert b"text/event-stream" in answer.stdout and b"data: [DONE]" in answer.stdout
+    assert b"not-logged" not in answer.stderr
+
+
+def cached_at(link: Link) -> float:
+    cache = link.config.parent / "entrypoint-state" / "queue.json"
+    at: float = json.loads(cache.read_bytes())["at"]
+    return at
+
+
+def test_a_burst_of_forwards_all_succeed_from_one_look_at_the_queue(
+    link: Link, job: RunningJob
+) -> None:
+    """Ten concurrent forwards all get their answer, and share one cached squeue."""
+    request = b"GET /health HTTP/1.1\r\nHost: hub\r\n\r\n"
+    assert link.run("jobs").returncode == 0  # a fresh look, cached for the burst
+    started, looked = time.time(), cached_at(link)
+    results: list[subprocess.CompletedProcess[bytes]] = []
+
+    def one() -> None:
+        results.append(link.run("forward", job.job_id, stdin=request))
+
+    threads = [threading.Thread(target=one) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r.returncode for r in results] == [0] * 10
+    assert all(r.stdout.startswith(b"HTTP/1.1 200 ") for r in results)
+    if time.time() - started < QUEUE_CACHE_SECONDS - 1:
+        assert cached_at(link) == looked  # no forward looked at the queue again
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /../etc/passwd HTTP/1.1\r\nHost: hub\r\n\r\n",
+        b"GET http://other-host:22/ HTTP/1.1\r\nHost: hub\r\n\r\n",
+        b"CONNECT node1:22 HTTP/1.1\r\nHost: hub\r\n\r\n",
+        b"this is not http\r\n\r\n",
+        b"",
+    ],
+)
+def test_forward_refuses_requests_it_does_not_pass_on(
+    link: Link, job: RunningJob, request_bytes: bytes
+) -> None:
+    """Traversal, absolute targets, CONNECT and garbage on stdin are bad data (65)."""
+    answer = link.run("forward", job.job_id, stdin=request_bytes)
+    assert answer.returncode == exits.BAD_DATA, answer.stderr
+    assert answer.stdout == b""
+
+
+HUB_FIELDS = "inference-1\nalice@example.org\n{service}\n{path}\n -X {method} {headers}"
+
+
+def legacy_command(service: str, path: str, method: str = "POST", headers: str = "") -> str:
+    head = headers or '-H "content-type: application/json" -H "authorization: Bearer x"'
+    return HUB_FIELDS.format(service=service, path=path, method=method, headers=head)
+
+
+def test_a_legacy_request_is_answered_with_the_jobs_response(link: Link, job: RunningJob) -> None:
+    """The hub's five lines and a body on stdin get the job's answer as curl -i printed it."""
+    body = chat(served_model(link, job), stream=False)
+    answer = link.run(legacy_command(SERVICE, "/v1/chat/completions"), stdin=body)
+    assert answer.returncode == 0, answer.stderr
+    head, _, payload = answer.stdout.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert json.loads(payload)["object"] == "chat.completion"
+
+
+def test_legacy_errors_are_the_originals_answers(link: Link) -> None:
+    """Unknown services get 404, invalid fields 400, each in the original's format."""
+    unknown = link.run(legacy_command("llama", "/v1/models", "GET"))
+    assert unknown.returncode == exits.NOT_PERMITTED
+    assert unknown.stdout.startswith(b"HTTP/1.1 404 Not Found\r\n")
+    assert unknown.stdout.endswith(b"Server: KISSKI\r\n\r\nModel Not Found\r\n")
+    invalid = link.run(legacy_command(SERVICE, "/../etc/passwd", "GET"))
+    assert invalid.returncode == exits.BAD_DATA
+    assert invalid.stdout.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+
+
+def test_session_is_refused_in_this_build(link: Link) -> None:
+    """session exits 69 with a message saying it is not implemented."""
+    answer = link.run("session")
+    assert answer.returncode == exits.UNAVAILABLE
+    assert b"not implemented" in answer.stderr
+
+
+def test_cancel_ends_the_job_and_forward_then_refuses_it(link: Link) -> None:
+    """cancel ends saia's job; afterwards the job is not running and cannot be reached."""
+    answer = link.run("submit", SERVICE, str(new_port()), secrets.token_hex(8))
+    job_id = answer.stdout.decode().strip()
+    assert answer.returncode == 0, answer.stderr
+    assert link.run("cancel", job_id).returncode == 0
+    wait_until("the job to leave the live jobs", lambda: job_id not in live_job_ids(link))
+    refused = link.run("forward", job_id, stdin=b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert refused.returncode == exits.NOT_PERMITTED
+    assert b"not running" in refused.stderr
+
+
+# -- what the key must not do ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "submit testsvc {port} $(touch {marker})",
+        "submit testsvc {port} {token}; touch {marker}",
+        "submit testsvc {port} {token} && touch {marker}",
+        "submit testsvc {port} `touch {marker}`",
+        "keep-alive | touch {marker}",
+        "touch {marker}",
+        "/bin/sh -c 'touch {marker}'",
+        "probe 1 /../../{marker}",
+        "submit ../testsvc {port} {token}",
+    ],
+)
+def test_hostile_commands_are_refused_with_nothing_executed(
+    link: Link, marker: Path, template: str
+) -> None:
+    """Shell syntax and traversal are refused (64): no file appears, nothing is queued."""
+    port, token = new_port(), secrets.token_hex(8)
+    before = saia_jobs(link)
+    answer = link.run(template.format(port=port, token=token, marker=marker))
+    assert answer.returncode == exits.REFUSED, answer.stderr
+    assert answer.stdout == b""
+    assert not marker.exists()
+    after = saia_jobs(link)
+    assert {job.port for job in after} - {job.port for job in before} == set()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [b"cancel \xff\xfe", b"keep-alive\x1b[2J", b"status\r", b"keep-alive " + b"a" * 20_000],
+)
+def test_bad_bytes_are_refused_as_bad_data(link: Link, command: bytes) -> None:
+    """Invalid UTF-8, control characters and overlong commands exit 65.
+
+    NUL bytes cannot be sent at all: execve refuses them in ssh's arguments, and
+    sshd rejects an exec request that contains one. The grammar's unit tests
+    cover them.
+    """
+    answer = link.run(command)
+    assert answer.returncode == exits.BAD_DATA, answer.stderr
+    assert answer.stdout == b""
+
+
+def test_a_one_megabyte_command_line_runs_nothing(link: Link) -> None:
+    """A 1 MB command never reaches a shell: refused by sshd or by the grammar."""
+    chunk = "a" * 100_000  # one argv string may not exceed 128 KiB; ssh joins them
+    answer = link.run("keep-alive", *([chunk] * 10))
+    assert answer.returncode in (exits.BAD_DATA, 255)
+    assert answer.stdout == b""
+
+
+def test_unknown_verbs_and_wrong_arguments_are_refused(link: Link) -> None:
+    """Unknown verbs and bad argument counts exit 64 with the reason on stderr."""
+    for command in ("reboot", "jobs now", "cancel", "submit testsvc 20001"):
+        answer = link.run(command)
+        assert answer.returncode == exits.REFUSED, command
+        assert answer.stderr.startswith(b"saia-entrypoint: ")
+
+
+def test_a_login_without_a_command_is_refused(link: Link) -> None:
+    """ssh without a command (an interactive login) gets no shell, only a refusal."""
+    answer = link.run(stdin=b"id\n")
+    assert answer.returncode == exits.REFUSED
+    assert b"no command given" in answer.stderr
+
+
+def test_services_and_ports_outside_the_configuration_are_not_permitted(
+    link: Link, job: RunningJob
+) -> None:
+    """Unconfigured services, ports out of range and a live job's port exit 77."""
+    token = secrets.token_hex(8)
+    cases = [
+        ("llama", new_port()),
+        (SERVICE, PORT_MIN - 1),
+        (SERVICE, PORT_MAX + 1),
+        (SERVICE, job.port),
+    ]
+    before = live_job_ids(link)
+    answers = [link.run("submit", service, str(port), token) for service, port in cases]
+    for answer in answers:
+        if answer.returncode == 0:  # a failure of this test: leave no job behind
+            link.run("cancel", answer.stdout.decode().strip())
+    assert [answer.returncode for answer in answers] == [exits.NOT_PERMITTED] * len(cases)
+    assert live_job_ids(link) == before
+
+
+@pytest.fixture
+def strangers(tmp_path: Path) -> Iterator[tuple[str, str, socket.socket]]:
+    """Two root jobs: a plain one, and one named and commented like a saia job."""
+    listener = socket.create_server(("0.0.0.0", 0))
+    port = listener.getsockname()[1]
+    listener.settimeout(0.5)
+    output = f"--output={os.environ['SAIA_JOB_OUTPUT_DIR']}/stranger-%j.out"
+    forged = [f"--job-name=saia-{SERVICE}", f"--comment=saia:{secrets.token_hex(8)}:{port}"]
+    ids = []
+    for options in ([], forged):
+        submitted = subprocess.run(
+            ["sbatch", "--parsable", output, *options, "--wrap", "sleep 60"],
+            capture_output=True, text=True, check=True, timeout=30,
+        )  # fmt: skip
+        ids.append(submitted.stdout.strip().split(";")[0])
+    try:
+        yield ids[0], ids[1], listener
+    finally:
+        subprocess.run(["scancel", *ids], check=False, timeout=30)
+        listener.close()
+
+
+def squeue_ids() -> set[str]:
+    listed = subprocess.run(
+        ["squeue", "--noheader", "--format=%i"], capture_output=True, text=True, check=True
+    )
+    return set(listed.stdout.split())
+
+
+def cancellers(job_id: str) -> set[int]:
+    """The uids slurmctld logged asking to kill a job (its log is the only witness)."""
+    conf = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")).read_text()
+    log = next(
+        line.split("=", 1)[1].strip()
+        for line in conf.splitlines()
+        if line.startswith("SlurmctldLogFile=")
+    )
+    marker = f"REQUEST_KILL_JOB JobId={job_id} uid "
+    lines = Path(log).read_text(errors="replace").splitlines()
+    return {int(line.split(marker)[1].split()[0]) for line in lines if marker in line}
+
+
+def test_jobs_that_are_not_saias_cannot_be_cancelled_or_reached(
+    link: Link, strangers: tuple[str, str, socket.socket]
+) -> None:
+    """Another user's jobs, even one forged to look like saia's, are refused (77) and stay."""
+    plain, forged, listener = strangers
+    wait_until("the strangers to be queued", lambda: plain in squeue_ids())
+    for job_id in (plain, forged):
+        for command in (("cancel", job_id), ("forward", job_id), ("probe", job_id)):
+            answer = link.run(*command, stdin=b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            assert answer.returncode == exits.NOT_PERMITTED, (command, answer.stderr)
+            assert b"not one of saia's jobs" in answer.stderr
+    assert plain in squeue_ids()
+    # A controller of another test, run as root on this shared cluster, may cancel the
+    # forged job for looking like an unknown saia job; the entrypoint's user never did.
+    saia_uid = pwd.getpwnam(link.user).pw_uid
+    assert saia_uid not in cancellers(plain) | cancellers(forged)
+    with pytest.raises(TimeoutError):
+        listener.accept()  # the forged job's port was never contacted
+
+
+def test_a_job_id_that_exists_nowhere_is_refused(link: Link) -> None:
+    """forward and cancel of a job id nobody has exit 77."""
+    for verb in ("forward", "cancel", "probe"):
+        assert link.run(verb, "4000000000").returncode == exits.NOT_PERMITTED
+
+
+def test_a_pty_cannot_be_had(link: Link) -> None:
+    """ssh -tt is refused a pseudo-terminal (no-pty): nothing runs with a terminal."""
+    answer = link.run("keep-alive", options=["-tt"])
+    assert b"PTY allocation request failed" in answer.stderr
+    assert b"\r\n" not in answer.stdout  # a terminal would have turned "\n" into "\r\n"
+
+
+def test_remote_port_forwarding_is_refused(link: Link) -> None:
+    """ssh -R is refused by the server."""
+    options = ["-o", "ExitOnForwardFailure=yes", "-R", "0:127.0.0.1:9"]
+    answer = link.run("keep-alive", options=options)
+    assert answer.returncode == 255
+    assert b"remote port forwarding failed" in answer.stderr
+
+
+def test_local_port_forwarding_reaches_nothing(link: Link) -> None:
+    """ssh -L opens no channel: a connection through it never reaches the target."""
+    target = socket.create_server(("127.0.0.1", 0))
+    target.settimeout(1.0)
+    local = socket.create_server(("127.0.0.1", 0))
+    local_port = local.getsockname()[1]
+    local.close()
+    forward = f"127.0.0.1:{local_port}:127.0.0.1:{target.getsockname()[1]}"
+    tunnel = subprocess.Popen(
+        [*link.ssh_argv("-N", "-L", forward)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        wait_until("the local end of the tunnel", lambda: _accepts(local_port), timeout=10)
+        with socket.create_connection(("127.0.0.1", local_port), timeout=5) as client:
+            client.settimeout(5)
+            try:
+                client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+                received = client.recv(100)
+            except ConnectionResetError:
+                received = b""
+            assert received == b""  # closed: the server refused the channel
+        with pytest.raises(TimeoutError):
+            target.accept()
+    finally:
+        tunnel.terminate()
+        tunnel.wait(timeout=10)
+        target.close()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_sftp_and_scp_are_refused(link: Link, marker: Path) -> None:
+    """The sftp subsystem is refused, and an scp upload is not a verb (64)."""
+    sftp = subprocess.run(
+        ["sftp", "-b", "-", "-i", link.key, "-P", link.port,
+         "-o", f"UserKnownHostsFile={link.known_hosts}", "-o", "BatchMode=yes",
+         f"{link.user}@{link.host}"],
+        input=b"ls\n", capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert sftp.returncode != 0
+    scp = link.run("scp", "-t", str(marker))
+    assert scp.returncode == exits.REFUSED
+    assert not marker.exists()
+
+
+# -- configuration ---------------------------------------------------------------
+
+
+def test_a_bad_configuration_is_reported_with_file_and_field(link: Link) -> None:
+    """A config error exits 78 naming the file and the field; nothing runs."""
+    write_config(link, port_min='"low"')
+    try:
+        answer = link.run("keep-alive")
+    finally:
+        write_config(link)
+    assert answer.returncode == exits.CONFIG
+    assert str(link.config).encode() in answer.stderr and b"port_min" in answer.stderr
+
+
+def test_keep_alive_starts_a_rate_limited_pass_in_login_node_placement(
+    link: Link, tmp_path: Path
+) -> None:
+    """With [login_node], keep-alive starts the controller command at most once per interval."""
+    log = Path(f"/tmp/saia-keep-alive-{uuid.uuid4().hex}")
+    log.touch(mode=0o666)
+    log.chmod(0o666)
+    command = json.dumps(["/bin/sh", "-c", f"echo pass >> {log}"])
+    write_config(link, login_node=f"controller_command = {command}\nmin_interval = 30")
+    try:
+        for _ in range(3):
+            assert link.run("keep-alive").stdout == b"ok\n"
+        wait_until("the pass to run", lambda: log.read_text() != "", timeout=5)
+        time.sleep(0.5)
+        assert log.read_text() == "pass\n"
+    finally:
+        write_config(link)
+        stamp = link.config.parent / "entrypoint-state" / "keep-alive.stamp"
+        stamp.unlink(missing_ok=True)
+        log.unlink(missing_ok=True)
