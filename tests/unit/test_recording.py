@@ -250,3 +250,42 @@ def test_nothing_pending_completes_at_once(log: EventLog) -> None:
     with GroupCommitter(log) as committer:
         assert committer.submit().result(timeout=0) is None
         assert committer.stats.transactions == 0
+
+
+# Recorded before the Request aggregate moved from ``@event`` methods to explicit
+# event classes: the log already holds rows like these, and replay reads them.
+STORED_REQUEST = [
+    (1, "saia.Request.Started",
+     b'{"timestamp":{"_type_":"datetime_iso","_data_":"2026-11-01T12:00:00+00:00"},'
+     b'"originator_topic":"saia.Request","user":"alice","service":"chat","job":"",'
+     b'"bytes_in":900}'),
+    (2, "saia.Request.Finished",
+     b'{"timestamp":{"_type_":"datetime_iso","_data_":"2026-11-01T12:00:02+00:00"},'
+     b'"status":200,"job":"job-a","bytes_out":4000,"prompt_tokens":300,'
+     b'"completion_tokens":150}'),
+]
+STORED_REJECTED = (
+    2, "saia.Request.Rejected",
+    b'{"timestamp":{"_type_":"datetime_iso","_data_":"2026-11-01T12:00:01+00:00"},'
+    b'"status":429,"reason":"rate limit"}',
+)
+
+
+def test_request_events_are_stored_as_they_always_were() -> None:
+    """Started, Finished and Rejected keep their topics and state bytes, and replay."""
+    log = EventLog(MemoryStore())
+    answered = Request.start(uuid4(), "alice", "chat", "", 900, T0)
+    answered.finish(200, "job-a", 4000, 300, 150, T0 + timedelta(seconds=2))
+    refused = Request.start(uuid4(), "alice", "chat", "", 900, T0)
+    refused.reject(429, "rate limit", T0 + timedelta(seconds=1))
+    stored = [log.mapper.to_stored_event(e) for e in answered.collect_events()]
+    stored_refused = [log.mapper.to_stored_event(e) for e in refused.collect_events()]
+
+    assert [(s.originator_version, s.topic, s.state) for s in stored] == STORED_REQUEST
+    assert (stored_refused[1].originator_version, stored_refused[1].topic,
+            stored_refused[1].state) == STORED_REJECTED
+    log.recorder.insert_events(stored + stored_refused)
+    replayed = log.repository.get(answered.id)
+    assert (replayed.user, replayed.job, replayed.finished, replayed.version) == (
+        "alice", "job-a", True, 2)
+    assert log.repository.get(refused.id).finished
