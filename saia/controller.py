@@ -191,14 +191,10 @@ class Controller:
         return job
 
     def _cancel_stranger(self, seen: SlurmJob, why: str, now: float) -> None:
-        if seen.service in self.hub.state.services:
-            job = self._adopted(seen, now)
-            job.request_cancel(f"unknown job: {why}", utc(now))
-            self.hub.log.save(job)
-        else:
-            cluster = self.hub.cluster(now)
-            cluster.stranger_cancelled(seen.job_id, why, utc(now))
-            self.hub.log.save(cluster)
+        """Record the unknown job as adopted and cancelled, then cancel it."""
+        job = self._adopted(seen, now)
+        job.request_cancel(f"unknown job: {why}", utc(now))
+        self.hub.log.save(job)
         self.slurm.cancel(seen.job_id)
 
     def _due_for_probe(self, job: JobView, now: float) -> bool:

@@ -1,4 +1,4 @@
-"""The Cluster aggregate: what saia observed of Slurm itself, and of jobs not its own."""
+"""The Cluster aggregate: what saia observed of Slurm itself."""
 
 from __future__ import annotations
 
@@ -28,17 +28,6 @@ class Cluster(Aggregate):
     class SlurmAvailable(Event):
         TOPIC = "saia.Cluster.SlurmAvailable"
 
-    class StrangerCancelled(Event):
-        """A job named as saia's that no configured service owns was cancelled."""
-
-        TOPIC = "saia.Cluster.StrangerCancelled"
-        slurm_job_id: str
-        reason: str
-
-    @staticmethod
-    def create_id(timestamp: datetime) -> UUID:
-        return CLUSTER_ID  # one per log
-
     @classmethod
     def open(cls, at: datetime) -> Cluster:
         return cls(timestamp=at)
@@ -66,10 +55,3 @@ class Cluster(Aggregate):
     def _available(self, timestamp: datetime) -> None:
         self.available = True
         self.last_error = ""
-
-    def stranger_cancelled(self, slurm_job_id: str, reason: str, at: datetime) -> None:
-        self._stranger_cancelled(slurm_job_id=slurm_job_id, reason=reason, timestamp=at)
-
-    @event(StrangerCancelled)
-    def _stranger_cancelled(self, slurm_job_id: str, reason: str, timestamp: datetime) -> None:
-        pass

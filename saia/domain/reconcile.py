@@ -4,7 +4,10 @@ A pure function of the live jobs in the log and the saia jobs in the queue. It
 adopts a requested job whose token is queued (the controller died between
 recording the request and hearing sbatch answer), records starts and ends,
 ends a job that vanished from the queue as lost, and decides what to do with a
-saia job in the queue that the log does not know.
+saia job in the queue that the log does not know: adopted or cancelled, as
+configured, when it belongs to a service in the log. A job of a service the log
+has never heard of is left alone: it is some other saia's (a second instance,
+or a test, under the same account), and cancelling it is not this one's call.
 """
 
 from __future__ import annotations
@@ -91,8 +94,10 @@ def reconcile(
         if seen.token in known_tokens or seen.final is not None:
             continue
         service_view = services.get(seen.service)
-        if service_view is None or service_view.retired:
-            corrections.append(CancelUnknown(seen, "its service is not configured"))
+        if service_view is None:
+            continue
+        if service_view.retired:
+            corrections.append(CancelUnknown(seen, "its service is retired"))
         elif unknown is UnknownJobPolicy.ADOPT:
             corrections.append(Adopt(seen))
         else:

@@ -267,11 +267,22 @@ def test_unknown_saia_job_is_handled_per_setting(policy: UnknownJobPolicy) -> No
     assert corrections == [expected]
 
 
-def test_unknown_job_of_an_unconfigured_service_is_cancelled() -> None:
-    """Even with adopt, a job of a service saia does not run is cancelled."""
+@pytest.mark.parametrize("policy", list(UnknownJobPolicy))
+def test_unknown_job_of_a_service_the_log_never_knew_is_left_alone(
+    policy: UnknownJobPolicy,
+) -> None:
+    """Another saia's job under the same account is neither adopted nor cancelled."""
     stranger = queued("ffff", service="other")
-    corrections = reconciled(service(), [stranger], tokens=set(), policy=UnknownJobPolicy.ADOPT)
-    assert corrections == [CancelUnknown(stranger, "its service is not configured")]
+    assert reconciled(service(), [stranger], tokens=set(), policy=policy) == []
+
+
+def test_unknown_job_of_a_retired_service_is_cancelled() -> None:
+    """Even with adopt, a job of a retired service is cancelled."""
+    view = service()
+    view.retired = True
+    stranger = queued("ffff")
+    corrections = reconciled(view, [stranger], tokens=set(), policy=UnknownJobPolicy.ADOPT)
+    assert corrections == [CancelUnknown(stranger, "its service is retired")]
 
 
 # -- demand smoothing ----------------------------------------------------------------------
