@@ -28,6 +28,10 @@ class Cluster(Aggregate):
     class SlurmAvailable(Event):
         TOPIC = "saia.Cluster.SlurmAvailable"
 
+    @staticmethod
+    def create_id(timestamp: datetime) -> UUID:
+        return CLUSTER_ID  # one per log
+
     @classmethod
     def open(cls, at: datetime) -> Cluster:
         return cls(timestamp=at)
