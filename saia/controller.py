@@ -160,25 +160,24 @@ class Controller:
         at = utc(now)
         match correction:
             case MarkSubmitted(job_id, slurm_job_id):
-                job = self.hub.job(job_id)
-                job.submitted(slurm_job_id, at)
-                self.hub.log.save(job)
+                self._change(job_id, lambda job: job.submitted(slurm_job_id, at))
             case MarkStarted(job_id, node, started):
-                job = self.hub.job(job_id)
-                job.started(node, utc(started))
-                self.hub.log.save(job)
+                self._change(job_id, lambda job: job.started(node, utc(started)))
             case MarkEnded(job_id, final_state):
-                job = self.hub.job(job_id)
-                job.end(final_state, at)
-                self.hub.log.save(job)
+                self._change(job_id, lambda job: job.end(final_state, at))
             case MarkNotSubmitted(job_id, error):
-                job = self.hub.job(job_id)
-                job.submission_failed(error, at)
-                self.hub.log.save(job)
+                self._change(job_id, lambda job: job.submission_failed(error, at))
             case Adopt(seen):
                 self.hub.log.save(self._adopted(seen, now))
             case CancelUnknown(seen, why):
                 self._cancel_stranger(seen, why, now)
+
+    def _change(self, job_id: UUID, change: Callable[[Job], None]) -> Job:
+        """Load a job, apply one command to it, record what it decided."""
+        job = self.hub.job(job_id)
+        change(job)
+        self.hub.log.save(job)
+        return job
 
     def _adopted(self, seen: SlurmJob, now: float) -> Job:
         spec = self.hub.state.services[seen.service].spec
@@ -291,13 +290,10 @@ class Controller:
                 job.submitted(slurm_id, at)
                 self.hub.log.save(job)
             case Drain(job_id, reason):
-                job = self.hub.job(job_id)
-                job.drain(reason, at)
-                self.hub.log.save(job)
-            case Cancel(job_id, reason):
-                job = self.hub.job(job_id)
-                job.request_cancel(reason, at)
-                self.hub.log.save(job)
+                self._change(job_id, lambda job: job.drain(reason, at))
+            case Cancel(job_id, why):
+                # Recorded before scancel, so a job that vanishes is known as cancelled.
+                job = self._change(job_id, lambda job: job.request_cancel(why, at))
                 if job.slurm_job_id:
                     self.slurm.cancel(job.slurm_job_id)
 
