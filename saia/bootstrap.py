@@ -9,11 +9,15 @@ from pathlib import Path
 
 from saia.adapters.lock import FileLock
 from saia.adapters.prober import HttpProber
+from saia.adapters.prober_remote import RemoteProber
 from saia.adapters.slurm_local import LocalSlurm, LocalSlurmSettings, SlurmCommands
-from saia.config import Config
+from saia.adapters.slurm_remote import RemoteSlurm
+from saia.adapters.ssh_link import SshLink, SshLinkSettings
+from saia.config import Config, Placement, SshSettings
 from saia.controller import Controller
 from saia.demand import DemandTracker
 from saia.hub import Hub
+from saia.ports import Prober, Slurm
 
 
 def hub_for(config: Config) -> Hub:
@@ -40,11 +44,44 @@ def local_slurm(config: Config) -> LocalSlurm:
     )
 
 
+def ssh_link(ssh: SshSettings, hub: Hub) -> SshLink:
+    """The link to the login node, started; its ups and downs are recorded in the log."""
+
+    def record(up: bool, error: str) -> None:
+        hub.link_changed(ssh.target, up, error, time.time())
+
+    link = SshLink(
+        SshLinkSettings(
+            host=ssh.host,
+            port=ssh.port,
+            user=ssh.user,
+            key_file=ssh.key_file,
+            known_hosts_file=ssh.known_hosts_file,
+            keepalive_interval=ssh.keepalive_interval,
+        ),
+        on_change=record,
+    )
+    link.start()
+    hub.on_close(link.close)
+    return link
+
+
+def cluster_access(config: Config, hub: Hub) -> tuple[Slurm, Prober]:
+    """Slurm and probes over the SSH link (hub placement), or on this host (login node)."""
+    if config.placement is Placement.LOGIN_NODE:
+        return local_slurm(config), HttpProber()
+    assert config.ssh is not None  # config.parse requires [ssh] for hub placement
+    link = ssh_link(config.ssh, hub)
+    link.wait_up(timeout=10.0)  # a first pass with the link still connecting is wasted
+    return RemoteSlurm(link), RemoteProber(link)
+
+
 def controller_for(config: Config, hub: Hub, demand: DemandTracker | None = None) -> Controller:
+    slurm, prober = cluster_access(config, hub)
     return Controller(
         hub,
-        local_slurm(config),
-        HttpProber(),
+        slurm,
+        prober,
         config.controller,
         clock=time.time,
         rng=random.SystemRandom(),

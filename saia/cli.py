@@ -28,6 +28,16 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 STARTER = """\
 # saia configuration. Relative paths are relative to this file.
 
+placement = "hub"       # the controller reaches Slurm through saia-entrypoint over SSH;
+                        # "login-node": it runs Slurm's commands on this host
+
+[ssh]                   # the login node's forced-command key (see the README)
+host = "login.example.org"
+port = 22
+user = "saia"
+key_file = "hub_key"
+known_hosts_file = "known_hosts"
+
 [store]
 backend = "sqlite"      # or "postgres" (dbname, host, port, user, password)
 path = "saia.db"
@@ -44,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser(env.config)
     args = parser.parse_args(argv)
     logging.basicConfig(level=env.log_level, format=LOG_FORMAT)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe is noise
+    for chatty in ("httpx", "paramiko"):  # a line per probe or per connection is noise
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         result: int = args.run(args)
     except (config.ConfigError, DomainError) as error:

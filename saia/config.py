@@ -12,6 +12,7 @@ import json
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +52,35 @@ class ControllerSettings:
     slurm_bin: str = "/usr/bin"  # where sbatch, squeue and scancel are
 
 
+class Placement(StrEnum):
+    HUB = "hub"  # Slurm over the SSH link, through saia-entrypoint on the login node
+    LOGIN_NODE = "login-node"  # Slurm's commands on this host
+
+
+@dataclass(frozen=True, slots=True)
+class SshSettings:
+    """The hub's one SSH connection to the login node's forced-command key."""
+
+    host: str
+    user: str
+    key_file: Path
+    known_hosts_file: Path
+    port: int = 22
+    keepalive_interval: float = 15.0
+
+    @property
+    def target(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     store: StoreSettings
     controller: ControllerSettings = field(default_factory=ControllerSettings)
     services: tuple[ServiceSpec, ...] = ()
+    placement: Placement = Placement.HUB
+    ssh: SshSettings | None = None
 
     def sbatch_dir(self) -> Path:
         return _relative_to(self.path, self.controller.sbatch_dir)
@@ -75,14 +99,46 @@ def load(path: Path) -> Config:
 
 
 def parse(path: Path, data: Mapping[str, Any]) -> Config:
-    _only(path, data, {"store", "controller", "services"}, "")
+    _only(path, data, {"placement", "store", "controller", "ssh", "services"}, "")
+    try:
+        placement = Placement(data.get("placement", Placement.HUB.value))
+    except ValueError:
+        raise ConfigError(path, "must be 'hub' or 'login-node'", field="placement") from None
     store = _store(path, _table(path, data, "store"))
     controller = _controller(path, _table(path, data, "controller"))
+    ssh = _ssh(path, _table(path, data, "ssh")) if "ssh" in data else None
+    if placement is Placement.HUB and ssh is None:
+        raise ConfigError(path, "hub placement needs an [ssh] table", field="ssh")
     raw_services = data.get("services", [])
     if not isinstance(raw_services, list):
         raise ConfigError(path, "'services' must be an array of tables ([[services]])")
     services = services_from(path, raw_services)
-    return Config(path=path, store=store, controller=controller, services=services)
+    return Config(
+        path=path, store=store, controller=controller, services=services,
+        placement=placement, ssh=ssh,
+    )
+
+
+def _ssh(path: Path, data: Mapping[str, Any]) -> SshSettings:
+    _only(path, data, {"host", "port", "user", "key_file", "known_hosts_file",
+                       "keepalive_interval"}, "ssh")
+    for required in ("host", "user", "key_file", "known_hosts_file"):
+        if required not in data:
+            raise ConfigError(path, "missing", field=f"ssh.{required}")
+    port = data.get("port", 22)
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise ConfigError(path, "must be a port number", field="ssh.port")
+    interval = data.get("keepalive_interval", 15.0)
+    if not isinstance(interval, int | float) or isinstance(interval, bool) or interval <= 0:
+        raise ConfigError(path, "must be a positive number", field="ssh.keepalive_interval")
+    return SshSettings(
+        host=_str(path, data, "host", "", "ssh"),
+        user=_str(path, data, "user", "", "ssh"),
+        key_file=_relative_to(path, _str(path, data, "key_file", "", "ssh")),
+        known_hosts_file=_relative_to(path, _str(path, data, "known_hosts_file", "", "ssh")),
+        port=port,
+        keepalive_interval=float(interval),
+    )
 
 
 def services_from(path: Path | str, raw: list[Any]) -> tuple[ServiceSpec, ...]:

@@ -206,7 +206,7 @@ class Controller:
     def _probe(self, now: float) -> None:
         services = self.hub.state.active_services()
         targets = [
-            ProbeTarget(job.id, job.node, job.port, service.spec.probe_path)
+            ProbeTarget(job.id, job.node, job.port, service.spec.probe_path, job.slurm_job_id)
             for service in services.values()
             for job in service.jobs.values()
             if job.phase in (Phase.RUNNING, Phase.READY) and job.node

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -12,6 +13,7 @@ from saia.adapters.store import EventLog, StoreSettings
 from saia.domain.cluster import CLUSTER_ID, Cluster
 from saia.domain.errors import JobNotFound
 from saia.domain.job import Job
+from saia.domain.link import LINK_ID, Link
 from saia.projections.accounting import Accounting
 from saia.projections.runner import ProjectionRunner
 from saia.projections.service_state import ServiceState
@@ -29,6 +31,11 @@ class Hub:
         self.runner = ProjectionRunner(self.log, [self.state, self.accounting])
         # Projections are read by the proxy and written by the controller's thread.
         self.lock = threading.RLock()
+        self._closers: list[Callable[[], None]] = []
+
+    def on_close(self, closer: Callable[[], None]) -> None:
+        """Something to stop before the log closes (the SSH link records into it)."""
+        self._closers.append(closer)
 
     def refresh(self) -> int:
         with self.lock:
@@ -50,5 +57,25 @@ class Hub:
         assert isinstance(cluster, Cluster)
         return cluster
 
+    def link(self, target: str, now: float) -> Link:
+        try:
+            link: object = self.log.repository.get(LINK_ID)
+        except AggregateNotFoundError:
+            link = Link.open(target, utc(now))
+        assert isinstance(link, Link)
+        return link
+
+    def link_changed(self, target: str, up: bool, error: str, now: float) -> None:
+        """Record the SSH link going up or down (called from the link's own thread)."""
+        link = self.link(target, now)
+        if up:
+            link.went_up(utc(now))
+        else:
+            link.went_down(error, utc(now))
+        if link.pending_events:
+            self.log.save(link)
+
     def close(self) -> None:
+        while self._closers:
+            self._closers.pop()()
         self.log.close()

@@ -49,6 +49,7 @@ class ProbeTarget:
     host: str
     port: int
     path: str
+    slurm_job_id: str = ""  # how the login node names the job, for probes through it
 
 
 @dataclass(frozen=True, slots=True)

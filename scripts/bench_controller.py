@@ -71,7 +71,7 @@ def write_config(folder: Path, **controller: Any) -> Path:
     body = "\n".join(f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"'
                      for k, v in settings.items())
     path = folder / "saia.toml"
-    path.write_text(f'[store]\npath = "saia.db"\n\n[controller]\n{body}\n')
+    path.write_text(f'placement = "login-node"\n[store]\npath = "saia.db"\n\n[controller]\n{body}\n')
     return path
 
 

@@ -34,7 +34,7 @@ field; the entrypoint then exits with exits.CONFIG (78). Example::
 
     [login_node]                           # only in login-node placement
     controller_command = ["/opt/saia/.venv/bin/saia", "--config", "/opt/saia/saia.toml",
-                          "controller", "--once"]
+                          "tick"]
     min_interval = 5.0                     # seconds between passes started by keep-alive
 """
 

@@ -50,7 +50,7 @@ def write_config(folder: Path, services: list[dict[str, Any]], **controller: Any
         "job_python": str(REPO / ".venv/bin/python"),
         **controller,
     }
-    lines = ['[store]', 'path = "saia.db"', "", "[controller]"]
+    lines = ['placement = "login-node"', "", "[store]", 'path = "saia.db"', "", "[controller]"]
     lines += [f"{key} = {_toml(value)}" for key, value in settings.items()]
     for service in services:
         lines += ["", "[[services]]"]

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 
 from saia.adapters.store import PostgresStore, SqliteStore
-from saia.config import ConfigError, import_saia_json, load
+from saia.config import ConfigError, Placement, import_saia_json, load
 from saia.domain.reconcile import UnknownJobPolicy
 
 GOOD = """
+placement = "login-node"
+
 [store]
 path = "state/saia.db"
 
@@ -53,8 +55,20 @@ def test_a_good_file_loads_with_paths_relative_to_it(tmp_path: Path) -> None:
 
 def test_postgres_store_is_selected_by_backend(tmp_path: Path) -> None:
     """backend = "postgres" selects PostgreSQL with its connection settings."""
-    cfg = load(write(tmp_path, '[store]\nbackend = "postgres"\nport = 5433\ndbname = "x"\n'))
+    text = 'placement = "login-node"\n[store]\nbackend = "postgres"\nport = 5433\ndbname = "x"\n'
+    cfg = load(write(tmp_path, text))
     assert isinstance(cfg.store, PostgresStore) and cfg.store.port == 5433
+
+
+def test_hub_placement_is_the_default_and_needs_ssh(tmp_path: Path) -> None:
+    """Without a placement the controller runs on the hub, which needs an [ssh] table."""
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, "[store]\n"))
+    assert caught.value.field == "ssh"
+    cfg = load(write(tmp_path, '[ssh]\nhost = "login1"\nuser = "saia"\nkey_file = "k"\n'
+                               'known_hosts_file = "kh"\nport = 2222\n'))
+    assert cfg.placement is Placement.HUB and cfg.ssh is not None
+    assert (cfg.ssh.target, cfg.ssh.key_file) == ("saia@login1:2222", tmp_path / "k")
 
 
 @pytest.mark.parametrize(
@@ -66,6 +80,8 @@ def test_postgres_store_is_selected_by_backend(tmp_path: Path) -> None:
         ('[[services]]\nid = "a"\nsbatch = "s"\nwings = 2\n', "a", "wings"),
         ('[[services]]\nid = "a"\nsbatch = "s"\n[[services]]\nid = "a"\nsbatch = "s"\n', "a", "id"),
         ('[controller]\ninterval = -1\n', "", "controller.interval"),
+        ('placement = "cloud"\n', "", "placement"),
+        ('[ssh]\nhost = "h"\nuser = "u"\nkey_file = "k"\n', "", "ssh.known_hosts_file"),
         ('[controller]\nunknown_jobs = "shrug"\n', "", "controller.unknown_jobs"),
         ('[store]\nbackend = "mongo"\n', "", "store.backend"),
         ('[store]\npath = 3\n', "", "store.path"),
@@ -76,6 +92,8 @@ def test_errors_name_file_service_and_field(
     tmp_path: Path, text: str, service: str, field: str
 ) -> None:
     """A bad value raises ConfigError that names the file, the service and the field."""
+    if not text.startswith(("placement", "[ssh]")):
+        text = 'placement = "login-node"\n' + text
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as caught:
         load(path)
