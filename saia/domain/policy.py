@@ -96,7 +96,8 @@ def target(service: ServiceView, obs: Observation, now: float) -> int:
         wanted = max(wanted, 1)  # scale from zero at once
     if wanted == 0:
         active_at = max(service.last_active_at, obs.last_demand_at.get(name, 0.0))
-        if now - active_at < spec.idle_time and len(slots(service)) > 0:
+        running = any(not job.draining for job in service.jobs.values())  # a slot is held
+        if now - active_at < spec.idle_time and running:
             wanted = 1  # not idle long enough to scale to zero
     return max(spec.minimum_number_instances, min(spec.maximum_number_instances, wanted))
 
