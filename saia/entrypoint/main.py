@@ -25,7 +25,9 @@ cancel <slurm-job-id>              nothing                                     0
 probe <slurm-job-id> [path]        ``{"ok":..,"latency":..,"error":..}``       0
 forward <slurm-job-id>             the backend's raw HTTP/1.1 response to the  0
                                    request on stdin (saia.entrypoint.relay)
-session                            refused: not implemented in this build      69
+session                            HTTP/2 on stdin/stdout, many concurrent     0
+                                   requests until the hub closes the channel
+                                   (paths in saia.entrypoint.session_actions)
 legacy request (5 lines)           a raw HTTP/1.1 response as the original     0
                                    cloud_interface.sh gives it                 (see
                                    (saia.entrypoint.legacy): 400, 413, 404,    below)
@@ -39,8 +41,9 @@ exit codes (sysexits.h); nothing has been changed when a refusal is reported:
 64  not a command: unknown verb, wrong number of arguments, an argument that does
     not match its pattern, shell metacharacters, no command at all (a login)
 65  bad data: over 16 KiB (1 KiB for a verb), NUL bytes, invalid UTF-8, control
-    characters; a malformed request on stdin; legacy 400 and 413
-69  unavailable: ``session``; the job's port does not answer; sbatch refused the
+    characters; a malformed request on stdin; a hub that breaks HTTP/2 in a
+    session; legacy 400 and 413
+69  unavailable: the job's port does not answer; sbatch refused the
     job; legacy 503
 70  internal error (a bug)
 75  temporary: Slurm did not answer in time, or the submit lock is busy; retry
@@ -83,8 +86,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = grammar.parse(invocation.command)
     except grammar.CommandRefused as refused:
         return _refused(refused.reason, refused.exit_code)
-    if isinstance(command, grammar.Session):
-        return _refused("session is not implemented in this build", exits.UNAVAILABLE)
     return _run(command, invocation)
 
 

@@ -8,6 +8,8 @@ channel, so ``keep-alive`` must not pay for any of them.
 
 from __future__ import annotations
 
+import sys
+
 from saia.entrypoint import exits, grammar
 from saia.entrypoint.context import Context, Refusal
 
@@ -26,7 +28,10 @@ def run(command: grammar.Command, context: Context) -> int:
 
             code = http_verbs.run(command, context)
         case grammar.Session():
-            raise Refusal("session is not implemented in this build", exits.UNAVAILABLE)
+            from saia.entrypoint.session import serve_session  # noqa: PLC0415 (start-up cost)
+
+            # The channel itself is the HTTP/2 connection: raw stdin and stdout.
+            code = serve_session(context, sys.stdin.buffer, sys.stdout.buffer)
     return code
 
 

@@ -329,13 +329,6 @@ def test_legacy_errors_are_the_originals_answers(link: Link) -> None:
     assert invalid.stdout.startswith(b"HTTP/1.1 400 Bad Request\r\n")
 
 
-def test_session_is_refused_in_this_build(link: Link) -> None:
-    """session exits 69 with a message saying it is not implemented."""
-    answer = link.run("session")
-    assert answer.returncode == exits.UNAVAILABLE
-    assert b"not implemented" in answer.stderr
-
-
 def test_cancel_ends_the_job_and_forward_then_refuses_it(link: Link) -> None:
     """cancel ends saia's job; afterwards the job is not running and cannot be reached."""
     answer = link.run("submit", SERVICE, str(new_port()), secrets.token_hex(8))
