@@ -13,10 +13,10 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import JSONTranscoder, Transcoder
+from eventsourcing.persistence import JSONTranscoder, Mapper, Transcoder
 from eventsourcing.utils import Environment
 
-from saia.adapters.transcoder import OrjsonTranscoder
+from saia.adapters.transcoder import OrjsonMapper, OrjsonTranscoder
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +83,9 @@ class EventLog(Application[UUID]):
 
     def construct_env(self, name: str, env: Any = None) -> Environment:
         return Environment(name, dict(self._explicit_env))
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        return self.factory.mapper(self.construct_transcoder(), mapper_class=OrjsonMapper)
 
     def construct_transcoder(self) -> Transcoder:
         transcoder = OrjsonTranscoder()

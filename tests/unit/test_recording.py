@@ -5,16 +5,22 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
-from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError, Mapper, OperationalError, StoredEvent
+from hypothesis import given
+from hypothesis import strategies as st
 
 from saia.adapters.store import EventLog, MemoryStore, SqliteStore
+from saia.domain.job import DrainReason, FinalState, Job
 from saia.domain.request import Request
+from saia.domain.service import Service
+from saia.domain.spec import ServiceSpec
 from saia.recording import GroupCommitter, RecorderClosed, RecorderOverloaded
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -289,3 +295,55 @@ def test_request_events_are_stored_as_they_always_were() -> None:
     assert (replayed.user, replayed.job, replayed.finished, replayed.version) == (
         "alice", "job-a", True, 2)
     assert log.repository.get(refused.id).finished
+
+
+def every_kind_of_event() -> list[Any]:
+    spec = ServiceSpec.from_dict({"id": "llama", "sbatch": "vllm.sbatch"})
+    service = Service.register(spec, T0)
+    service.reconfigure({"maximum_number_instances": 3}, T0)
+    service.retire(T0 + timedelta(seconds=1))
+    service.reinstate(spec.changed({"maximum_number_instances": 2}), T0 + timedelta(seconds=2))
+    job = Job.request("llama", 20001, "abcdef0123456789", 3600.0, T0, reason="demand")
+    job.submitted("42", T0)
+    job.started("node1", T0)
+    job.became_ready(T0 + timedelta(microseconds=1))
+    job.heartbeat(True, 0.01, T0)
+    job.drain(DrainReason.SURPLUS, T0)
+    job.request_cancel("surplus", T0)
+    job.end(FinalState.CANCELLED, T0)
+    failed = Job.request("llama", 20002, "0123456789abcdef", 3600.0, T0, reason="demand")
+    failed.submission_failed("sbatch: error", T0)
+    answered = Request.start(uuid4(), "alice", "chat", "", 900, T0)
+    answered.finish(500, "job-a", 4000, 300, 150, T0)
+    refused = Request.start(uuid4(), "bob", "chat", "", 1, T0)
+    refused.reject(429, "rate limit", T0)
+    aggregates: list[Aggregate] = [service, job, failed, answered, refused]
+    return [e for a in aggregates for e in a.collect_events()]
+
+
+def test_the_logs_mapper_stores_every_event_as_the_librarys_does() -> None:
+    """Same topic and state bytes as eventsourcing's own Mapper, and the same event back."""
+    log = EventLog(MemoryStore())
+    library = Mapper(transcoder=log.mapper.transcoder)
+    events = every_kind_of_event()
+    assert len({type(e) for e in events}) == 16
+    for event in events:
+        stored = log.mapper.to_stored_event(event)
+        assert stored == library.to_stored_event(event)
+        assert log.mapper.to_domain_event(stored) == event
+
+
+def test_with_compression_the_log_encodes_the_librarys_way() -> None:
+    """A compressed log still round-trips: the short path steps aside."""
+    log = EventLog(MemoryStore(), {"COMPRESSOR_TOPIC": "eventsourcing.compressor:ZlibCompressor"})
+    for event in every_kind_of_event():
+        assert log.mapper.to_domain_event(log.mapper.to_stored_event(event)) == event
+
+
+@given(st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30))])))
+def test_datetimes_are_stored_in_isoformat_and_come_back(moment: datetime) -> None:
+    """orjson's shortcut for UTC writes what isoformat() writes; other zones are unchanged."""
+    transcoder = EventLog(MemoryStore()).mapper.transcoder
+    data = transcoder.encode({"at": moment})
+    assert data == b'{"at":{"_type_":"datetime_iso","_data_":"%s"}}' % moment.isoformat().encode()
+    assert transcoder.decode(data) == {"at": moment}
