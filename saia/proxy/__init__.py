@@ -1,0 +1,1 @@
+"""The hub's OpenAI-compatible proxy: routing, cold-start waits, streaming, metering."""

@@ -1,0 +1,147 @@
+"""The OpenAI-compatible API of the hub: models, and requests routed to the services' jobs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from saia.demand import DemandTracker
+from saia.proxy.backend import Backend, Headers
+from saia.proxy.errors import ProxyError, error_body, error_response
+from saia.proxy.exchange import Exchange
+from saia.proxy.intake import parse, read_body
+from saia.proxy.metering import Meter
+from saia.proxy.models import model_list
+from saia.proxy.routing import Router, RoutingTable
+from saia.proxy.settings import ProxySettings
+from saia.recording import GroupCommitter
+
+ROUTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+# Response headers that describe the backend's hop, not the answer.
+DROPPED_RESPONSE_HEADERS = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server"}
+)
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+class JsonResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def create_app(
+    hub: RoutingTable,
+    demand: DemandTracker,
+    recorder: GroupCommitter,
+    backend: Backend,
+    settings: ProxySettings,
+    wake: Callable[[], None],
+) -> Starlette:
+    router = Router(hub, demand, settings, wake)
+
+    async def health(request: Request) -> Response:
+        return JsonResponse({"status": "ok"})
+
+    async def models(request: Request) -> Response:
+        with hub.lock:
+            services = dict(hub.state.services)
+        return JsonResponse(model_list(services, router))
+
+    async def forward(request: Request) -> Response:
+        try:
+            return await _forward(request)
+        except ProxyError as error:
+            return error_response(error)
+
+    async def _forward(request: Request) -> Response:
+        path = request.url.path
+        intake = parse(path, await read_body(request, settings.max_body_bytes),
+                       settings.include_usage)  # fmt: skip
+        if not router.knows(intake.service):
+            raise ProxyError(404, f"the model {intake.service!r} does not exist",
+                             "model_not_found")  # fmt: skip
+        user = user_of(request, settings)
+        exchange = Exchange(intake, user, path, backend_headers(request), router, backend,
+                            recorder, settings)  # fmt: skip
+        exchange.record_start()
+        if intake.streaming and router.pick(intake.service, set()) is None:
+            await exchange.started_recorded()
+            return StreamingResponse(waiting_stream(exchange), media_type="text/event-stream",
+                                     headers=SSE_HEADERS)  # fmt: skip
+        try:
+            job, upstream = await exchange.route()
+        except ProxyError as error:
+            exchange.reject(error)
+            raise
+        try:
+            await exchange.started_recorded()
+        except ProxyError:
+            await upstream.close()
+            router.release(intake.service, job)
+            raise
+        meter = Meter(streaming=intake.streaming)
+        return StreamingResponse(
+            exchange.relay(upstream, meter),
+            status_code=upstream.status,
+            headers=response_headers(upstream.headers, intake.streaming),
+        )
+
+    routes = [Route("/health", health), Route("/v1/models", models)]
+    routes += [Route(path, forward, methods=["POST"]) for path in ROUTED_PATHS]
+    return Starlette(routes=routes)
+
+
+async def waiting_stream(exchange: Exchange) -> AsyncIterator[bytes]:
+    """SSE comment lines while no backend is ready, so clients and gateways keep waiting."""
+    routing = asyncio.ensure_future(exchange.route())
+    try:
+        while True:
+            done, _ = await asyncio.wait({routing}, timeout=exchange.settings.keepalive_interval)
+            if done:
+                break
+            yield b": waiting\n\n"
+    finally:
+        if not routing.done():
+            routing.cancel()  # the client left while waiting
+    try:
+        _, upstream = routing.result()
+    except ProxyError as error:
+        exchange.reject(error)
+        # The 200 is out already: the error travels as an SSE event, as OpenAI's do.
+        yield b"data: " + error_body(error.status, error.message, error.code) + b"\n\n"
+        return
+    async for chunk in exchange.relay(upstream, Meter(streaming=True)):
+        yield chunk
+
+
+def user_of(request: Request, settings: ProxySettings) -> str:
+    if settings.trusted_user_header:
+        user = request.headers.get(settings.trusted_user_header, "")
+        if user:
+            return user
+    return settings.anonymous_user
+
+
+def backend_headers(request: Request) -> Headers:
+    """Only what the backend needs: never the client's credentials or cookies."""
+    headers = [("content-type", "application/json")]
+    accept = request.headers.get("accept")
+    if accept:
+        headers.append(("accept", accept))
+    return headers
+
+
+def response_headers(upstream: Headers, streaming: bool) -> dict[str, str]:
+    headers = {k: v for k, v in upstream if k.lower() not in DROPPED_RESPONSE_HEADERS}
+    if streaming:
+        headers.update(SSE_HEADERS)
+    return headers

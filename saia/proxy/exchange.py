@@ -1,0 +1,162 @@
+"""One proxied request from routing to its recorded end.
+
+The Started event is handed to the group committer first and awaited only
+before the answer's first byte goes out, so its transaction overlaps the
+backend's work instead of adding to it. The Finished (or Rejected) event is
+handed over and not awaited: the answer is out already.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from uuid import UUID, uuid4
+
+import anyio
+
+from saia.domain.request import Request
+from saia.domain.state import JobView
+from saia.proxy.backend import Backend, BackendUnreachable, Headers, UpstreamResponse
+from saia.proxy.errors import ProxyError
+from saia.proxy.intake import Intake
+from saia.proxy.metering import Meter
+from saia.proxy.routing import Router
+from saia.proxy.settings import ProxySettings
+from saia.recording import GroupCommitter, RecorderClosed, RecorderOverloaded
+
+logger = logging.getLogger("saia.proxy")
+
+CLIENT_GONE = 499  # nginx's convention: the client closed the connection first
+
+
+def now() -> datetime:
+    return datetime.fromtimestamp(time.time(), UTC)
+
+
+def not_recorded() -> ProxyError:
+    # No request is served unrecorded: refusing is the only honest answer.
+    return ProxyError(503, "requests cannot be recorded right now", "recording_failed",
+                      {"retry-after": "5"})  # fmt: skip
+
+
+class Exchange:
+    def __init__(
+        self,
+        intake: Intake,
+        user: str,
+        path: str,
+        headers: Headers,
+        router: Router,
+        backend: Backend,
+        recorder: GroupCommitter,
+        settings: ProxySettings,
+    ) -> None:
+        self.intake = intake
+        self.path = path
+        self.headers = headers
+        self.router = router
+        self.backend = backend
+        self.recorder = recorder
+        self.settings = settings
+        self.id: UUID = uuid4()
+        self.job: JobView | None = None
+        self.request = Request.start(self.id, user, intake.service, "", len(intake.body), now())
+        self._started: asyncio.Future[None] | None = None
+
+    def record_start(self) -> None:
+        try:
+            self._started = asyncio.wrap_future(self.recorder.submit(self.request))
+        except (RecorderClosed, RecorderOverloaded) as error:
+            logger.warning("request %s not recorded: %s", self.id, error)
+            raise not_recorded() from None
+
+    async def started_recorded(self) -> None:
+        assert self._started is not None, "record_start() comes first"
+        try:
+            await self._started
+        except Exception as error:
+            logger.warning("request %s not recorded: %s", self.id, error)
+            raise not_recorded() from None
+
+    def reject(self, error: ProxyError) -> None:
+        self.request.reject(error.status, error.code, now())
+        self._hand_over()
+
+    def finish(self, status: int, meter: Meter) -> None:
+        usage = meter.usage()
+        job = "" if self.job is None else str(self.job.id)
+        self.request.finish(status, job, meter.bytes_out, usage.prompt_tokens,
+                            usage.completion_tokens, now())  # fmt: skip
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        try:
+            future = self.recorder.submit(self.request)
+        except (RecorderClosed, RecorderOverloaded) as error:
+            logger.error("the end of request %s is not recorded: %s", self.id, error)
+            return
+        future.add_done_callback(self._report_failure)
+
+    def _report_failure(self, future: Future[None]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            logger.error("the end of request %s is not recorded: %s", self.id, future.exception())
+
+    async def route(self) -> tuple[JobView, UpstreamResponse]:
+        """A routable job that accepted the request; waits in the queue if there is none."""
+        service = self.intake.service
+        tried: set[UUID] = set()
+        for _ in range(self.settings.connect_attempts):
+            job = self.router.pick(service, tried)
+            waited = False
+            if job is None and not tried:
+                job = await self._wait(service)
+                waited = True
+            if job is None:
+                break
+            self.router.acquire(service, job, was_waiting=waited)
+            try:
+                upstream = await self.backend.send(
+                    job, "POST", self.path, self.headers, self.intake.body
+                )
+            except BackendUnreachable as error:
+                logger.warning("request %s: %s; trying another backend", self.id, error)
+                self.router.release(service, job)
+                tried.add(job.id)
+                continue
+            except BaseException:
+                self.router.release(service, job)
+                raise
+            self.job = job
+            return job, upstream
+        raise ProxyError(502, f"no backend of {service!r} could be reached", "backend_unreachable")
+
+    async def _wait(self, service: str) -> JobView:
+        self.router.enter_queue(service)
+        routed = False
+        try:
+            deadline = time.monotonic() + self.settings.max_wait_seconds
+            job = await self.router.wait_for_target(service, deadline)
+            routed = True
+            return job
+        finally:
+            self.router.leave_queue(service, routed)
+
+    async def relay(self, upstream: UpstreamResponse, meter: Meter) -> AsyncIterator[bytes]:
+        """The upstream body as it comes; the end recorded however it comes."""
+        status = CLIENT_GONE
+        try:
+            async for chunk in upstream.chunks:
+                meter.feed(chunk)
+                yield chunk
+            status = upstream.status
+        finally:
+            # Cancelled when the client left: the shield lets the upstream close cleanly.
+            with anyio.CancelScope(shield=True):
+                await upstream.close()
+            assert self.job is not None
+            self.router.release(self.intake.service, self.job)
+            self.finish(status, meter)

@@ -1,0 +1,99 @@
+"""Which job answers: least outstanding requests among the ready, non-draining jobs,
+and the bounded per-service queue of requests that wait for the first one."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Protocol
+from uuid import UUID
+
+from saia.demand import DemandTracker
+from saia.domain.state import JobView
+from saia.projections.service_state import ServiceState
+from saia.proxy.errors import ProxyError
+from saia.proxy.settings import ProxySettings
+
+
+class RoutingTable(Protocol):
+    """What the proxy reads of the Hub: the live projection and the lock guarding it."""
+
+    @property
+    def state(self) -> ServiceState: ...
+
+    @property
+    def lock(self) -> AbstractContextManager[object]: ...
+
+
+class Router:
+    def __init__(
+        self,
+        table: RoutingTable,
+        demand: DemandTracker,
+        settings: ProxySettings,
+        wake: Callable[[], None],
+    ) -> None:
+        self._table = table
+        self._demand = demand
+        self._settings = settings
+        self._wake = wake
+        # Counted here, not read from the tracker: it is the proxy's own, exact and lock-free.
+        self.inflight: dict[UUID, int] = {}
+        self.waiting: dict[str, int] = {}
+
+    def knows(self, service: str) -> bool:
+        with self._table.lock:
+            view = self._table.state.services.get(service)
+            return view is not None and not view.retired
+
+    def pick(self, service: str, exclude: set[UUID]) -> JobView | None:
+        with self._table.lock:
+            view = self._table.state.services.get(service)
+            targets = [] if view is None else view.routing_targets()
+        targets = [job for job in targets if job.id not in exclude]
+        if not targets:
+            return None
+        return min(targets, key=lambda job: self.inflight.get(job.id, 0))
+
+    def acquire(self, service: str, job: JobView, was_waiting: bool) -> None:
+        self.inflight[job.id] = self.inflight.get(job.id, 0) + 1
+        if was_waiting:
+            self._demand.routed(service, job.id, time.time())
+        else:
+            self._demand.started(service, job.id, time.time())
+
+    def release(self, service: str, job: JobView) -> None:
+        left = self.inflight.get(job.id, 0) - 1
+        if left > 0:
+            self.inflight[job.id] = left
+        else:
+            self.inflight.pop(job.id, None)
+        self._demand.finished(service, job.id, time.time())
+
+    def enter_queue(self, service: str) -> None:
+        """Join the service's wait queue (429 when full); the wait counts as demand."""
+        waiting = self.waiting.get(service, 0)
+        if waiting >= self._settings.max_waiting_per_service:
+            raise ProxyError(429, f"too many requests wait for {service!r}", "queue_full")
+        self.waiting[service] = waiting + 1
+        self._demand.started(service, None, time.time(), waiting=True)
+        self._wake()  # scale from zero at once, not at the controller's next tick
+
+    def leave_queue(self, service: str, routed: bool) -> None:
+        self.waiting[service] = max(0, self.waiting.get(service, 0) - 1)
+        if not routed:
+            self._demand.finished(service, None, time.time(), waiting=True)
+
+    async def wait_for_target(self, service: str, deadline: float) -> JobView:
+        """Poll the projection until a job is routable; 503 with Retry-After at the deadline."""
+        while True:
+            job = self.pick(service, set())
+            if job is not None:
+                return job
+            if time.monotonic() >= deadline:
+                headers = {"retry-after": str(self._settings.retry_after_seconds)}
+                raise ProxyError(503, f"no backend of {service!r} became ready in time",
+                                 "no_backend", headers)  # fmt: skip
+            await asyncio.sleep(self._settings.poll_interval)

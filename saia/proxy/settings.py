@@ -1,0 +1,19 @@
+"""The proxy's knobs; read once at wiring time, never from the environment here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    max_body_bytes: int = 8 * 1024 * 1024  # larger request bodies get 413
+    max_waiting_per_service: int = 64  # cold-start queue; beyond it 429
+    max_wait_seconds: float = 300.0  # then 503 with Retry-After
+    retry_after_seconds: int = 30
+    keepalive_interval: float = 10.0  # SSE comment lines while a stream waits
+    poll_interval: float = 0.05  # how often a waiting request looks for a backend
+    include_usage: bool = True  # add stream_options.include_usage so tokens are metered
+    trusted_user_header: str = ""  # e.g. "x-consumer-username" behind a gateway; "" = anonymous
+    anonymous_user: str = "anonymous"
+    connect_attempts: int = 3  # backends tried for one request on connection failures

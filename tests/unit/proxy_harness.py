@@ -1,0 +1,80 @@
+"""Servers on free ports in background threads, and a hand-fed routing table, for proxy tests."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from uuid import UUID, uuid4
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from saia.domain.job import Phase
+from saia.domain.spec import ServiceSpec
+from saia.domain.state import JobView, ServiceView
+from saia.projections.service_state import ServiceState
+
+
+class FakeHub:
+    """The two things the proxy reads of a Hub; tests play the controller by editing jobs."""
+
+    def __init__(self) -> None:
+        self.state = ServiceState()
+        self.lock = threading.RLock()
+
+    def add_service(self, service: str) -> None:
+        spec = ServiceSpec(id=service, sbatch="test.sbatch", name=service.title())
+        with self.lock:
+            self.state.services[service] = ServiceView(spec=spec, registered_at=time.time())
+
+    def add_job(self, service: str, port: int, phase: Phase = Phase.READY) -> UUID:
+        job = JobView(id=uuid4(), service=service, token="t", port=port, phase=phase,
+                      requested_at=time.time(), walltime=3600.0, node="127.0.0.1",
+                      slurm_job_id="1", started_at=time.time())  # fmt: skip
+        with self.lock:
+            self.state.services[service].jobs[job.id] = job
+        return job.id
+
+    def make_ready(self, service: str, job_id: UUID) -> None:
+        with self.lock:
+            jobs = self.state.services[service].jobs
+            jobs[job_id] = replace(jobs[job_id], phase=Phase.READY, ready_at=time.time())
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def unused_port() -> int:
+    """A port nobody listens on: connections to it are refused."""
+    with free_socket() as sock:
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@contextmanager
+def serving(app: ASGIApp) -> Iterator[int]:
+    """Run the app under uvicorn in a thread; yields its port."""
+    sock = free_socket()
+    port: int = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

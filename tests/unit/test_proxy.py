@@ -1,0 +1,207 @@
+"""The proxy with the official openai client, the test service as the backend, a hand-fed hub."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import openai
+import pytest
+
+from saia.adapters.store import EventLog, MemoryStore
+from saia.demand import DemandTracker
+from saia.domain.job import Phase
+from saia.projections.accounting import Accounting
+from saia.projections.runner import ProjectionRunner
+from saia.proxy.app import create_app
+from saia.proxy.backend import HttpBackend
+from saia.proxy.settings import ProxySettings
+from saia.recording import GroupCommitter
+from saia.testservice import app as testservice
+from tests.unit.proxy_harness import FakeHub, serving
+
+SERVICE = "echo"
+TOKEN_DELAY = 0.05
+SETTINGS = ProxySettings(max_body_bytes=4096, max_wait_seconds=5.0, keepalive_interval=0.1,
+                         poll_interval=0.01, trusted_user_header="x-user")  # fmt: skip
+
+
+@dataclass
+class Proxy:
+    url: str
+    hub: FakeHub
+    log: EventLog
+    backend_port: int
+    wakes: list[float] = field(default_factory=list)
+
+    def client(self, user: str = "alice") -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused",
+                             default_headers={"x-user": user}, max_retries=0)  # fmt: skip
+
+    def accounting(self) -> Accounting:
+        accounting = Accounting()
+        ProjectionRunner(self.log, [accounting]).catch_up()
+        return accounting
+
+
+@pytest.fixture
+def backend_port() -> Iterator[int]:
+    app = testservice.create_app(testservice.Settings(model=SERVICE, token_delay=TOKEN_DELAY))
+    with serving(app) as port:
+        yield port
+
+
+@pytest.fixture
+def proxy(backend_port: int) -> Iterator[Proxy]:
+    hub = FakeHub()
+    hub.add_service(SERVICE)
+    log = EventLog(MemoryStore())
+    recorder = GroupCommitter(log)
+    wakes: list[float] = []
+    app = create_app(hub, DemandTracker(), recorder, HttpBackend(), SETTINGS,
+                     lambda: wakes.append(time.monotonic()))  # fmt: skip
+    try:
+        with serving(app) as port:
+            yield Proxy(f"http://127.0.0.1:{port}", hub, log, backend_port, wakes)
+    finally:
+        recorder.close()
+        log.close()
+
+
+@pytest.fixture
+def ready(proxy: Proxy) -> Proxy:
+    proxy.hub.add_job(SERVICE, proxy.backend_port)
+    return proxy
+
+
+def chat(client: openai.OpenAI, text: str = "hello there") -> str:
+    answer = client.chat.completions.create(
+        model=SERVICE, messages=[{"role": "user", "content": text}]
+    )
+    return answer.choices[0].message.content or ""
+
+
+def test_models_lists_services_with_status_and_demand(ready: Proxy) -> None:
+    """/v1/models shows each service with SAIA's fields and whether it can answer now."""
+    listing = httpx.get(f"{ready.url}/v1/models").json()
+    [entry] = listing["data"]
+    assert entry["id"] == SERVICE and entry["object"] == "model"
+    assert entry["name"] == "Echo" and entry["owned_by"] == "saia"
+    assert entry["input"] == ["text"] and entry["output"] == ["text"]
+    assert entry["status"] == "ready" and entry["demand"] == 0
+    assert [m.id for m in ready.client().models.list()] == [SERVICE]
+
+
+def test_models_status_loading_then_offline(proxy: Proxy) -> None:
+    """A service with a job on its way is loading; one without jobs is offline."""
+    assert httpx.get(f"{proxy.url}/v1/models").json()["data"][0]["status"] == "offline"
+    proxy.hub.add_job(SERVICE, proxy.backend_port, phase=Phase.RUNNING)
+    assert httpx.get(f"{proxy.url}/v1/models").json()["data"][0]["status"] == "loading"
+
+
+def test_health(proxy: Proxy) -> None:
+    """/health answers without touching any backend."""
+    assert httpx.get(f"{proxy.url}/health").json() == {"status": "ok"}
+
+
+def test_chat_completion(ready: Proxy) -> None:
+    """A chat completion goes to the service's job and comes back whole."""
+    assert chat(ready.client()) != ""
+
+
+def test_streaming_chat_arrives_chunk_by_chunk(ready: Proxy) -> None:
+    """Streamed chunks reach the client as the backend sends them, not all at the end."""
+    stream = ready.client().chat.completions.create(
+        model=SERVICE, messages=[{"role": "user", "content": "one two three four five six"}],
+        stream=True,
+    )
+    arrivals = [time.monotonic() for chunk in stream if chunk.choices]
+    assert len(arrivals) >= 4
+    spread = arrivals[-1] - arrivals[0]
+    assert spread >= (len(arrivals) - 2) * TOKEN_DELAY * 0.8
+
+
+def test_completion_and_embedding(ready: Proxy) -> None:
+    """Completions and embeddings are routed by the body's model like chat."""
+    client = ready.client()
+    completion = client.completions.create(model=SERVICE, prompt="say something")
+    assert completion.choices[0].text
+    embedding = client.embeddings.create(model=SERVICE, input=["a", "b"])
+    assert len(embedding.data) == 2 and embedding.data[0].embedding
+
+
+def test_unknown_model_is_404(ready: Proxy) -> None:
+    """A model no service serves is a 404 in the OpenAI error shape."""
+    with pytest.raises(openai.NotFoundError) as caught:
+        ready.client().chat.completions.create(
+            model="nope", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert caught.value.code == "model_not_found"
+
+
+def test_malformed_json_is_400(ready: Proxy) -> None:
+    """A body that is not JSON is refused with 400 and an OpenAI error body."""
+    response = httpx.post(f"{ready.url}/v1/chat/completions", content=b"{not json",
+                          headers={"content-type": "application/json"})  # fmt: skip
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_json"
+
+
+def test_oversized_body_is_413(ready: Proxy) -> None:
+    """A body beyond the limit is refused with 413, declared or chunked."""
+    big = b'{"model": "echo", "prompt": "' + b"x" * 5000 + b'"}'
+    response = httpx.post(f"{ready.url}/v1/completions", content=big)
+    assert response.status_code == 413
+    chunked = httpx.post(f"{ready.url}/v1/completions", content=iter([big[:3000], big[3000:]]))
+    assert chunked.status_code == 413
+    assert chunked.json()["error"]["code"] == "body_too_large"
+
+
+def test_request_waits_for_a_cold_service(proxy: Proxy) -> None:
+    """With no ready job the request waits, wakes the controller, and succeeds once one is ready."""
+    job = proxy.hub.add_job(SERVICE, proxy.backend_port, phase=Phase.SUBMITTED)
+    answers: list[str] = []
+    waiter = threading.Thread(target=lambda: answers.append(chat(proxy.client())))
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while not proxy.wakes:
+        assert time.monotonic() < deadline, "the controller was never woken"
+        time.sleep(0.01)
+    listing = httpx.get(f"{proxy.url}/v1/models").json()
+    assert listing["data"][0]["demand"] == 1 and not answers
+    proxy.hub.make_ready(SERVICE, job)
+    waiter.join(timeout=5)
+    assert answers and answers[0]
+
+
+def test_waiting_stream_gets_keepalive_comments(proxy: Proxy) -> None:
+    """A stream that waits for a cold service receives SSE comments, then the answer."""
+    job = proxy.hub.add_job(SERVICE, proxy.backend_port, phase=Phase.SUBMITTED)
+    body = {"model": SERVICE, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    lines: list[str] = []
+    with httpx.stream("POST", f"{proxy.url}/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line:
+                lines.append(line)
+            if lines.count(": waiting") == 3:
+                proxy.hub.make_ready(SERVICE, job)
+    assert lines.count(": waiting") >= 3
+    assert lines[-1] == "data: [DONE]"
+    assert any('"usage"' in line for line in lines)  # include_usage was added
+
+
+def test_no_ready_backend_after_max_wait_is_503(proxy: Proxy) -> None:
+    """When no job becomes ready in time the request ends with 503 and Retry-After."""
+    short = ProxySettings(max_wait_seconds=0.2, poll_interval=0.01)
+    recorder = GroupCommitter(proxy.log)
+    app = create_app(proxy.hub, DemandTracker(), recorder, HttpBackend(), short, lambda: None)
+    with recorder, serving(app) as port:
+        body = {"model": SERVICE, "prompt": "hi"}
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=body)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "30"
+    assert response.json()["error"]["code"] == "no_backend"
