@@ -8,7 +8,7 @@ events fared. Nothing handed over is dropped: each producer learns of success
 or of the error, which the proxy turns into a 503.
 
 Producers encode their own events, so the single writer only inserts, and it
-inserts through the log's recorder rather than ``EventLog.save``: that is the
+inserts through ``EventLog.append`` rather than ``EventLog.save``: that is the
 same one transaction, but ``save`` first checks every object it is given against
 a runtime-checkable Protocol, which on Python 3.11 costs about 8 us an object,
 nearly as much as encoding and inserting an event. What ``save`` adds beyond the
@@ -224,7 +224,7 @@ class GroupCommitter:
         return outcomes
 
     def _insert(self, events: list[StoredEvent]) -> None:
-        self._log.recorder.insert_events(events)
+        self._log.append(events)
 
     def _count(self, batch: list[_Submission], recorded: list[_Submission], split: bool) -> None:
         with self._lock:

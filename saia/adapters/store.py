@@ -7,13 +7,14 @@ environment is never consulted here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import JSONTranscoder, Mapper, Transcoder
+from eventsourcing.persistence import JSONTranscoder, Mapper, StoredEvent, Transcoder
+from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import Environment
 
 from saia.adapters.transcoder import OrjsonMapper, OrjsonTranscoder
@@ -97,3 +98,28 @@ class EventLog(Application[UUID]):
 
     def last_position(self) -> int:
         return self.recorder.max_notification_id() or 0
+
+    def append(self, stored_events: Sequence[StoredEvent]) -> None:
+        """Insert encoded events in one transaction, all or none; positions are not returned.
+
+        The library's SQLite recorder executes one INSERT per row to return each
+        row's position; nobody here reads them, and that store has no listeners to
+        notify. So SQLite gets one ``executemany`` in the library's own
+        transaction: its writer lock, its rollback, its error types, its table
+        and statement. Other stores insert through their recorder.
+        """
+        recorder = self.recorder
+        if type(recorder) is not SQLiteApplicationRecorder:
+            recorder.insert_events(stored_events)
+            return
+        rows = [
+            (
+                s.originator_id.hex if isinstance(s.originator_id, UUID) else s.originator_id,
+                s.originator_version,
+                s.topic,
+                s.state,
+            )
+            for s in stored_events
+        ]
+        with recorder.datastore.transaction(commit=True) as cursor:
+            cursor.executemany(recorder.insert_events_statement, rows)

@@ -34,12 +34,12 @@ class Gate:
     def __init__(self, log: EventLog) -> None:
         self.entered = threading.Event()
         self.opened = threading.Event()
-        self._insert = log.recorder.insert_events
+        self._append = log.append
 
-    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Any:
+    def append(self, stored_events: Sequence[StoredEvent]) -> None:
         self.entered.set()
         assert self.opened.wait(timeout=30), "the test never opened the gate"
-        return self._insert(stored_events, **kwargs)
+        self._append(stored_events)
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -53,7 +53,7 @@ def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventLog]:
 @pytest.fixture
 def gate(log: EventLog, monkeypatch: pytest.MonkeyPatch) -> Gate:
     gate = Gate(log)
-    monkeypatch.setattr(log.recorder, "insert_events", gate.insert_events)
+    monkeypatch.setattr(log, "append", gate.append)
     return gate
 
 
@@ -159,16 +159,16 @@ def test_a_store_that_is_down_fails_every_producer_without_retrying(
 ) -> None:
     """When the store itself fails, each producer of the batch gets that error, once tried."""
     down = True
-    insert = log.recorder.insert_events
+    append = log.append
     attempts = []
 
-    def insert_events(stored_events: Sequence[StoredEvent], **kwargs: Any) -> Any:
+    def failing_append(stored_events: Sequence[StoredEvent]) -> None:
         attempts.append(len(stored_events))
         if down:
             raise OperationalError("disk I/O error")
-        return insert(stored_events, **kwargs)
+        append(stored_events)
 
-    monkeypatch.setattr(log.recorder, "insert_events", insert_events)
+    monkeypatch.setattr(log, "append", failing_append)
     with GroupCommitter(log) as committer:
         futures = [committer.submit(started(i)) for i in range(10)]
         errors = [f.exception(timeout=30) for f in futures]
@@ -295,6 +295,31 @@ def test_request_events_are_stored_as_they_always_were() -> None:
     assert (replayed.user, replayed.job, replayed.finished, replayed.version) == (
         "alice", "job-a", True, 2)
     assert log.repository.get(refused.id).finished
+
+
+def test_append_records_a_batch_in_order_as_the_recorder_would(log: EventLog) -> None:
+    """The log's batch insert stores the rows the library's recorder stores, in order."""
+    first, second = started(), started(1)
+    second.finish(200, "job", 50, 1, 2, T0 + timedelta(seconds=3))
+    stored = [log.mapper.to_stored_event(e) for r in (first, second) for e in r.collect_events()]
+    log.append(stored)
+    notifications = log.recorder.select_notifications(start=None, limit=10)
+    assert [(n.originator_id, n.originator_version, n.topic, n.state) for n in notifications] == [
+        (s.originator_id, s.originator_version, s.topic, s.state) for s in stored
+    ]
+    assert [n.id for n in notifications] == [1, 2, 3]
+
+
+def test_append_of_a_stale_event_records_none_of_its_batch(log: EventLog) -> None:
+    """A duplicate version fails the whole transaction with the library's IntegrityError."""
+    first = started()
+    log.append([log.mapper.to_stored_event(e) for e in first.collect_events()])
+    innocent = [started(i) for i in range(300)]
+    stale = started(request_id=first.id)
+    batch = [log.mapper.to_stored_event(e) for r in (*innocent, stale) for e in r.collect_events()]
+    with pytest.raises(IntegrityError):
+        log.append(batch)
+    assert recorded(log) == [(first.id, 1, "saia.Request.Started")]
 
 
 def every_kind_of_event() -> list[Any]:
