@@ -108,11 +108,21 @@ class GroupCommitter:
         """Submit and wait until recorded; raises what the store raised for these events."""
         self.submit(*aggregates).result()
 
-    async def arecord(self, *aggregates: Aggregate) -> None:
-        """Submit and await the recording, without blocking the event loop."""
+    def asubmit(self, *aggregates: Aggregate) -> asyncio.Future[None]:
+        """``submit`` for a task on an event loop: await the future when it matters.
+
+        The events are queued before this returns, so they are recorded before any
+        the task submits later. A request's ``Started`` is submitted this way and
+        awaited, with its ``Finished``, before the response completes: recording
+        then adds no wait to the request's path, and no answer leaves unrecorded.
+        """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._enqueue(aggregates, future)
-        await future
+        return future
+
+    async def arecord(self, *aggregates: Aggregate) -> None:
+        """Submit and await the recording, without blocking the event loop."""
+        await self.asubmit(*aggregates)
 
     @property
     def stats(self) -> CommitStats:
@@ -149,7 +159,9 @@ class GroupCommitter:
             # Checked again: close() may have come while the events were encoded.
             self._refuse_if_full()
             self._queue.append(_Submission(events, waiter))
-            self._wakeup.notify()
+            if len(self._queue) == 1:
+                # The writer waits only on an empty queue: one wake-up per batch.
+                self._wakeup.notify()
 
     def _refuse_if_full(self) -> None:
         if self._closed:

@@ -251,6 +251,27 @@ def test_asyncio_producers_are_recorded_and_told_of_conflicts(log: EventLog) -> 
     assert stats.batches < stats.submissions
 
 
+
+def test_a_task_need_not_wait_for_started_to_have_it_recorded_first(log: EventLog) -> None:
+    """Started handed over with asubmit is recorded before the Finished awaited after it."""
+
+    async def serve(committer: GroupCommitter, i: int) -> None:
+        request = started(i)
+        recording = committer.asubmit(request)
+        request.finish(200, "job", 50, 1, 2, T0 + timedelta(seconds=i + 1))
+        await committer.arecord(request)
+        await recording
+
+    async def main(committer: GroupCommitter) -> None:
+        await asyncio.gather(*(serve(committer, i) for i in range(PRODUCERS)))
+
+    with GroupCommitter(log) as committer:
+        asyncio.run(main(committer))
+    rows = recorded(log)
+    assert len(rows) == PRODUCERS * 2
+    position = {(request_id, version): index for index, (request_id, version, _) in enumerate(rows)}
+    assert all(position[(r, 1)] < position[(r, 2)] for r, version, _ in rows if version == 2)
+
 def test_nothing_pending_completes_at_once(log: EventLog) -> None:
     """Aggregates without new events need no transaction."""
     with GroupCommitter(log) as committer:
