@@ -1,4 +1,4 @@
-"""Servers on free ports in background threads, and a hand-fed routing table, for proxy tests."""
+"""For proxy tests: servers on free ports in threads, and a hand-fed routing table."""
 
 from __future__ import annotations
 
@@ -7,16 +7,21 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from uuid import UUID, uuid4
 
+import openai
 import uvicorn
 from starlette.types import ASGIApp
 
+from saia.adapters.store import EventLog
 from saia.domain.job import Phase
 from saia.domain.spec import ServiceSpec
 from saia.domain.state import JobView, ServiceView
+from saia.projections.accounting import Accounting
+from saia.projections.runner import ProjectionRunner
 from saia.projections.service_state import ServiceState
+from saia.proxy.settings import ProxySettings
 
 
 class FakeHub:
@@ -78,3 +83,27 @@ def serving(app: ASGIApp) -> Iterator[int]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+SERVICE = "echo"
+TOKEN_DELAY = 0.05
+SETTINGS = ProxySettings(max_body_bytes=4096, max_wait_seconds=5.0, keepalive_interval=0.1,
+                         poll_interval=0.01, trusted_user_header="x-user")  # fmt: skip
+
+
+@dataclass
+class Proxy:
+    url: str
+    hub: FakeHub
+    log: EventLog
+    backend_port: int
+    wakes: list[float] = field(default_factory=list)
+
+    def client(self, user: str = "alice") -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused",
+                             default_headers={"x-user": user}, max_retries=0)  # fmt: skip
+
+    def accounting(self) -> Accounting:
+        accounting = Accounting()
+        ProjectionRunner(self.log, [accounting]).catch_up()
+        return accounting

@@ -4,77 +4,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import httpx
 import openai
 import pytest
 
-from saia.adapters.store import EventLog, MemoryStore
 from saia.demand import DemandTracker
 from saia.domain.job import Phase
-from saia.projections.accounting import Accounting
-from saia.projections.runner import ProjectionRunner
 from saia.proxy.app import create_app
 from saia.proxy.backend import HttpBackend
 from saia.proxy.settings import ProxySettings
 from saia.recording import GroupCommitter
-from saia.testservice import app as testservice
-from tests.unit.proxy_harness import FakeHub, serving
-
-SERVICE = "echo"
-TOKEN_DELAY = 0.05
-SETTINGS = ProxySettings(max_body_bytes=4096, max_wait_seconds=5.0, keepalive_interval=0.1,
-                         poll_interval=0.01, trusted_user_header="x-user")  # fmt: skip
-
-
-@dataclass
-class Proxy:
-    url: str
-    hub: FakeHub
-    log: EventLog
-    backend_port: int
-    wakes: list[float] = field(default_factory=list)
-
-    def client(self, user: str = "alice") -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused",
-                             default_headers={"x-user": user}, max_retries=0)  # fmt: skip
-
-    def accounting(self) -> Accounting:
-        accounting = Accounting()
-        ProjectionRunner(self.log, [accounting]).catch_up()
-        return accounting
-
-
-@pytest.fixture
-def backend_port() -> Iterator[int]:
-    app = testservice.create_app(testservice.Settings(model=SERVICE, token_delay=TOKEN_DELAY))
-    with serving(app) as port:
-        yield port
-
-
-@pytest.fixture
-def proxy(backend_port: int) -> Iterator[Proxy]:
-    hub = FakeHub()
-    hub.add_service(SERVICE)
-    log = EventLog(MemoryStore())
-    recorder = GroupCommitter(log)
-    wakes: list[float] = []
-    app = create_app(hub, DemandTracker(), recorder, HttpBackend(), SETTINGS,
-                     lambda: wakes.append(time.monotonic()))  # fmt: skip
-    try:
-        with serving(app) as port:
-            yield Proxy(f"http://127.0.0.1:{port}", hub, log, backend_port, wakes)
-    finally:
-        recorder.close()
-        log.close()
-
-
-@pytest.fixture
-def ready(proxy: Proxy) -> Proxy:
-    proxy.hub.add_job(SERVICE, proxy.backend_port)
-    return proxy
+from tests.unit.proxy.harness import SERVICE, TOKEN_DELAY, Proxy, serving
 
 
 def chat(client: openai.OpenAI, text: str = "hello there") -> str:

@@ -1,0 +1,102 @@
+"""What the proxy records: every request served, by user, with the tokens the backend reported."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from saia.demand import DemandTracker
+from saia.proxy.app import create_app
+from saia.proxy.backend import HttpBackend
+from saia.proxy.settings import ProxySettings
+from saia.recording import GroupCommitter
+from tests.unit.proxy.harness import SERVICE, Proxy, serving
+
+
+def settled_usage(proxy: Proxy, requests: int) -> dict[str, tuple[int, int, int, int]]:
+    """Per user: requests, errors, prompt and completion tokens, once all ends are recorded."""
+    deadline = time.monotonic() + 5
+    while True:
+        usage = {key[0]: (u.requests, u.errors, u.prompt_tokens, u.completion_tokens)
+                 for key, u in proxy.accounting().usage.items()}  # fmt: skip
+        if sum(row[0] for row in usage.values()) >= requests or time.monotonic() > deadline:
+            return usage
+        time.sleep(0.02)
+
+
+def test_accounting_equals_what_was_sent(ready: Proxy) -> None:
+    """Requests and tokens per user in the log equal what the clients were answered."""
+    alice, bob = ready.client("alice"), ready.client("bob")
+    sent = {"alice": [0, 0, 0], "bob": [0, 0, 0]}
+    for _ in range(3):
+        answer = alice.chat.completions.create(
+            model=SERVICE, messages=[{"role": "user", "content": "count these words"}]
+        )
+        assert answer.usage is not None
+        sent["alice"] = [sent["alice"][0] + 1, sent["alice"][1] + answer.usage.prompt_tokens,
+                         sent["alice"][2] + answer.usage.completion_tokens]  # fmt: skip
+    for _ in range(2):
+        stream = bob.chat.completions.create(
+            model=SERVICE, messages=[{"role": "user", "content": "a streamed one"}], stream=True
+        )
+        usages = [chunk.usage for chunk in stream if chunk.usage is not None]
+        assert len(usages) == 1  # the proxy asked for it; the client did not
+        sent["bob"] = [sent["bob"][0] + 1, sent["bob"][1] + usages[0].prompt_tokens,
+                       sent["bob"][2] + usages[0].completion_tokens]  # fmt: skip
+    embedded = bob.embeddings.create(model=SERVICE, input=["x y z"])
+    prompt = embedded.usage.prompt_tokens
+    sent["bob"] = [sent["bob"][0] + 1, sent["bob"][1] + prompt, sent["bob"][2]]
+    usage = settled_usage(ready, requests=6)
+    assert usage == {user: (n, 0, prompt, completion)
+                     for user, (n, prompt, completion) in sent.items()}  # fmt: skip
+
+
+def test_refusals_before_routing_are_not_recorded(ready: Proxy) -> None:
+    """Bad requests (404, 400, 413) never reach a backend and leave no Request in the log."""
+    httpx.post(f"{ready.url}/v1/completions", json={"model": "nope", "prompt": "x"})
+    httpx.post(f"{ready.url}/v1/completions", content=b"[]")
+    time.sleep(0.1)
+    assert ready.accounting().usage == {}
+
+
+def test_waiting_request_that_times_out_is_recorded_as_an_error(proxy: Proxy) -> None:
+    """A request refused after waiting in the queue is a Rejected request of its user."""
+    short = ProxySettings(max_wait_seconds=0.1, poll_interval=0.01, trusted_user_header="x-user")
+    recorder = GroupCommitter(proxy.log)
+    app = create_app(proxy.hub, DemandTracker(), recorder, HttpBackend(), short, lambda: None)
+    with recorder, serving(app) as port:
+        body = {"model": SERVICE, "prompt": "x"}
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=body,
+                              headers={"x-user": "carol"})  # fmt: skip
+    assert response.status_code == 503
+    assert settled_usage(proxy, requests=1) == {"carol": (1, 1, 0, 0)}
+
+
+def test_unrecordable_request_is_refused_with_503(ready: Proxy) -> None:
+    """If the log cannot take the request's events, the request is not served at all."""
+    recorder = GroupCommitter(ready.log)
+    recorder.close()
+    app = create_app(ready.hub, DemandTracker(), recorder, HttpBackend(), ProxySettings(),
+                     lambda: None)  # fmt: skip
+    with serving(app) as port:
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/completions",
+                              json={"model": SERVICE, "prompt": "x"})  # fmt: skip
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "recording_failed"
+
+
+@pytest.mark.parametrize("user_header", ["", "x-user"])
+def test_user_comes_from_the_trusted_header_only_when_configured(
+    ready: Proxy, user_header: str
+) -> None:
+    """Without a trusted header setting every request is the anonymous user's."""
+    settings = ProxySettings(trusted_user_header=user_header)
+    recorder = GroupCommitter(ready.log)
+    app = create_app(ready.hub, DemandTracker(), recorder, HttpBackend(), settings, lambda: None)
+    with recorder, serving(app) as port:
+        httpx.post(f"http://127.0.0.1:{port}/v1/completions",
+                   json={"model": SERVICE, "prompt": "x"}, headers={"x-user": "dave"})  # fmt: skip
+    expected = "dave" if user_header else "anonymous"
+    assert list(settled_usage(ready, requests=1)) == [expected]
