@@ -7,7 +7,7 @@ environment is never consulted here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -18,6 +18,10 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import Environment
 
 from saia.adapters.transcoder import OrjsonMapper, OrjsonTranscoder
+
+
+def _nothing() -> None:
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +103,13 @@ class EventLog(Application[UUID]):
     def last_position(self) -> int:
         return self.recorder.max_notification_id() or 0
 
-    def append(self, stored_events: Sequence[StoredEvent]) -> None:
+    def append(
+        self, stored_events: Sequence[StoredEvent], before_commit: Callable[[], None] = _nothing
+    ) -> None:
         """Insert encoded events in one transaction, all or none; positions are not returned.
+
+        ``before_commit`` is called once: on SQLite when the rows are in and the
+        commit (the disk writes and the sync) is next, elsewhere before the insert.
 
         The library's SQLite recorder executes one INSERT per row to return each
         row's position; nobody here reads them, and that store has no listeners to
@@ -110,6 +119,7 @@ class EventLog(Application[UUID]):
         """
         recorder = self.recorder
         if type(recorder) is not SQLiteApplicationRecorder:
+            before_commit()
             recorder.insert_events(stored_events)
             return
         rows = [
@@ -123,3 +133,4 @@ class EventLog(Application[UUID]):
         ]
         with recorder.datastore.transaction(commit=True) as cursor:
             cursor.executemany(recorder.insert_events_statement, rows)
+            before_commit()

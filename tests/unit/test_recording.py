@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -36,10 +36,10 @@ class Gate:
         self.opened = threading.Event()
         self._append = log.append
 
-    def append(self, stored_events: Sequence[StoredEvent]) -> None:
+    def append(self, stored_events: Sequence[StoredEvent], *more: Callable[[], None]) -> None:
         self.entered.set()
         assert self.opened.wait(timeout=30), "the test never opened the gate"
-        self._append(stored_events)
+        self._append(stored_events, *more)
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -162,11 +162,11 @@ def test_a_store_that_is_down_fails_every_producer_without_retrying(
     append = log.append
     attempts = []
 
-    def failing_append(stored_events: Sequence[StoredEvent]) -> None:
+    def failing_append(stored_events: Sequence[StoredEvent], *more: Callable[[], None]) -> None:
         attempts.append(len(stored_events))
         if down:
             raise OperationalError("disk I/O error")
-        append(stored_events)
+        append(stored_events, *more)
 
     monkeypatch.setattr(log, "append", failing_append)
     with GroupCommitter(log) as committer:
@@ -271,6 +271,57 @@ def test_a_task_need_not_wait_for_started_to_have_it_recorded_first(log: EventLo
     assert len(rows) == PRODUCERS * 2
     position = {(request_id, version): index for index, (request_id, version, _) in enumerate(rows)}
     assert all(position[(r, 1)] < position[(r, 2)] for r, version, _ in rows if version == 2)
+
+def test_a_batch_is_told_when_the_next_one_is_in_before_it_commits(
+    log: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Producers of one batch go on while the next batch commits; each is told once."""
+    append = log.append
+    committing = threading.Semaphore(0)
+    commit = threading.Semaphore(0)
+
+    def slow_commit(events: Sequence[StoredEvent], before_commit: Callable[[], None]) -> None:
+        def hold() -> None:
+            before_commit()
+            committing.release()
+            assert commit.acquire(timeout=30), "the test never let the commit go on"
+
+        append(events, hold)
+
+    monkeypatch.setattr(log, "append", slow_commit)
+    with GroupCommitter(log) as committer:
+        first = committer.submit(started())
+        assert committing.acquire(timeout=30)
+        second = committer.submit(started(1))
+        commit.release()  # the first batch commits; the second is taken and inserted
+        assert committing.acquire(timeout=30)
+        assert first.result(timeout=0) is None  # told while the second is held
+        assert not second.done()
+        commit.release()
+        assert second.result(timeout=30) is None
+        assert committer.stats.batches == 2
+    assert len(recorded(log)) == 2
+
+
+def test_an_idle_writer_commits_a_burst_in_two_halves(
+    log: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst that finds the writer idle goes in two transactions, in order, all recorded."""
+    writers: list[threading.Thread] = []
+
+    def hold_back(thread: threading.Thread) -> None:
+        writers.append(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", hold_back)
+    committer = GroupCommitter(log)
+    requests = [started(i) for i in range(40)]
+    futures = [committer.submit(r) for r in requests]
+    monkeypatch.undo()
+    writers[0].start()  # the writer wakes to find the whole burst queued
+    committer.close()
+    assert all(f.result(timeout=0) is None for f in futures)
+    assert (committer.stats.batches, committer.stats.largest_batch) == (2, 20)
+    assert recorded(log) == [(r.id, 1, "saia.Request.Started") for r in requests]
 
 def test_nothing_pending_completes_at_once(log: EventLog) -> None:
     """Aggregates without new events need no transaction."""
