@@ -69,7 +69,7 @@ class Exchange:
 
     def record_start(self) -> None:
         try:
-            self._started = asyncio.wrap_future(self.recorder.submit(self.request))
+            self._started = self.recorder.asubmit(self.request)
         except (RecorderClosed, RecorderOverloaded) as error:
             logger.warning("request %s not recorded: %s", self.id, error)
             raise not_recorded() from None
