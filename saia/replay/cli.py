@@ -13,8 +13,9 @@ from saia import config, settings
 from saia.adapters.store import EventLog
 from saia.domain.errors import DomainError
 from saia.projections.accounting import Accounting
-from saia.replay import output
+from saia.replay import output, verify_cli
 from saia.replay.at_time import state_at
+from saia.replay.checkpoints import KeyFileError
 from saia.replay.events import as_dict, when
 from saia.replay.progress import progress
 from saia.replay.reports import COLUMNS, Grouping, report
@@ -32,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result: int = args.run(args)
-    except (config.ConfigError, DomainError, UsageError) as error:
+    except (config.ConfigError, DomainError, UsageError, KeyFileError) as error:
         print(f"saia-replay: {error}", file=sys.stderr)
         return 2
     return result
@@ -79,6 +80,8 @@ def _parser(default_config: Path) -> argparse.ArgumentParser:
     usage.add_argument("--by", type=Grouping, choices=list(Grouping), default=Grouping.USER)
     usage.add_argument("--format", choices=("table", "csv", "json"), default="table")
     usage.set_defaults(run=_accounting)
+
+    verify_cli.add_commands(commands)
     return parser
 
 
