@@ -1,0 +1,90 @@
+"""Hub placement: requests reach jobs through the login node's ``saia-entrypoint session``.
+
+Every request is one HTTP/2 stream on the one SSH channel, at
+``/jobs/<slurm-job-id>/http/<path>``; the entrypoint checks that the job is a
+running saia job and forwards to its node and port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
+
+import paramiko
+
+from saia.adapters.channel_stream import ChannelByteStream
+from saia.adapters.session_client import SessionClient, SessionClosed, StreamReset
+from saia.domain.state import JobView
+from saia.proxy.backend import BackendUnreachable, Headers, UpstreamResponse
+
+# The entrypoint marks its own answers with this header; the job's answers lack it.
+ENTRYPOINT_ANSWER = "saia-exit-code"
+# Statuses with which the entrypoint says the job may have seen part of the request.
+MAYBE_REACHED = frozenset({502, 504})
+
+
+class SessionSource(Protocol):
+    async def session(self) -> SessionClient:
+        """A started session; raises SessionClosed when none can be had."""
+        ...
+
+
+class ReconnectingSession:
+    """One session at a time, opened on first use and again after it died."""
+
+    def __init__(self, open_channel: Callable[[], paramiko.Channel]) -> None:
+        self._open_channel = open_channel  # blocking (SSH): runs on a worker thread
+        self._client: SessionClient | None = None
+        self._lock = asyncio.Lock()
+
+    async def session(self) -> SessionClient:
+        client = self._client
+        if client is not None and not client.closed:
+            return client
+        async with self._lock:  # one reconnect for all the requests that found it dead
+            if self._client is None or self._client.closed:
+                try:
+                    channel = await asyncio.to_thread(self._open_channel)
+                except Exception as error:
+                    raise SessionClosed(f"no session channel: {error}") from error
+                client = SessionClient(ChannelByteStream(channel))
+                await client.start()
+                self._client = client
+            return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+
+class SessionBackend:
+    def __init__(self, sessions: SessionSource) -> None:
+        self._sessions = sessions
+
+    async def send(
+        self, job: JobView, method: str, path: str, headers: Headers, body: bytes
+    ) -> UpstreamResponse:
+        if not job.slurm_job_id:
+            raise BackendUnreachable(job, "no Slurm job id yet")
+        try:
+            client = await self._sessions.session()
+            response = await client.request(
+                method, f"/jobs/{job.slurm_job_id}/http{path}", headers, body
+            )
+        except (SessionClosed, StreamReset) as error:
+            raise BackendUnreachable(job, str(error)) from error
+        chunks: AsyncIterator[bytes] = response
+        if response.header(ENTRYPOINT_ANSWER) is not None:
+            detail = await response.read()
+            # "cannot connect": the job never saw the request, like every refusal of the
+            # entrypoint's own (a job that is no longer running, say). Other 502/504s may
+            # have reached it: those are answered, not retried.
+            if response.status not in MAYBE_REACHED or b"cannot connect" in detail:
+                raise BackendUnreachable(job, detail.decode(errors="replace").strip())
+            chunks = _once(detail)
+        return UpstreamResponse(response.status, response.headers, chunks, response.aclose)
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
