@@ -13,7 +13,7 @@ from saia import config, settings
 from saia.adapters.store import EventLog
 from saia.domain.errors import DomainError
 from saia.projections.accounting import Accounting
-from saia.replay import output, verify_cli
+from saia.replay import output, simulate_cli, verify_cli
 from saia.replay.at_time import state_at
 from saia.replay.checkpoints import KeyFileError
 from saia.replay.events import as_dict, when
@@ -81,6 +81,7 @@ def _parser(default_config: Path) -> argparse.ArgumentParser:
     usage.add_argument("--format", choices=("table", "csv", "json"), default="table")
     usage.set_defaults(run=_accounting)
 
+    simulate_cli.add_command(commands)
     verify_cli.add_commands(commands)
     return parser
 
