@@ -16,7 +16,7 @@ from saia.projections.accounting import Accounting
 from saia.replay import output, simulate_cli, verify_cli
 from saia.replay.at_time import state_at
 from saia.replay.checkpoints import KeyFileError
-from saia.replay.events import as_dict, when
+from saia.replay.events import as_dict, fields_text, when
 from saia.replay.progress import progress
 from saia.replay.reports import COLUMNS, Grouping, report
 from saia.replay.selection import Selection
@@ -97,7 +97,7 @@ def _log(args: argparse.Namespace) -> int:
         else:
             output.table("events", ("position", "at", "kind", "originator", "fields"),
                          ((row["position"], row["at"], row["kind"], row["originator"],
-                           row["fields"]) for row in rows))
+                           fields_text(row["fields"])) for row in rows))
     return 0
 
 
@@ -147,7 +147,7 @@ def _timeline(args: argparse.Namespace) -> int:
     else:
         output.table(f"job {args.job}", ("position", "at", "kind", "+s", "since request", "fields"),
                      ((r["position"], r["at"], r["kind"], r["since_previous"],
-                       r["since_request"], r["fields"]) for r in rows))
+                       r["since_request"], fields_text(r["fields"])) for r in rows))
     return 0
 
 
@@ -161,8 +161,10 @@ def _accounting(args: argparse.Namespace) -> int:
             last = when(r.event)
     # Running jobs count up to the last recorded moment: the report is the log's, not the clock's.
     rows = report(accounting, args.by, last.timestamp() if last else None)
-    values = [tuple(getattr(row, column) for column in COLUMNS) for row in rows]
-    columns = (args.by.value, *COLUMNS[1:])
+    # Job-hours belong to a service, not to a user or a day: shown by service only.
+    shown = COLUMNS if args.by is Grouping.SERVICE else COLUMNS[:-1]
+    values = [tuple(getattr(row, column) for column in shown) for row in rows]
+    columns = (args.by.value, *shown[1:])
     if args.format == "json":
         output.json_lines(dict(zip(columns, row, strict=True)) for row in values)
     elif args.format == "csv":

@@ -38,3 +38,8 @@ def as_dict(position: int, event: Any) -> dict[str, Any]:
         "version": event.originator_version,
         "fields": fields(event),
     }
+
+
+def fields_text(values: dict[str, Any]) -> str:
+    """``key=value`` pairs: a table cell narrower than a dict's repr."""
+    return " ".join(f"{name}={value}" for name, value in values.items())
