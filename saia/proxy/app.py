@@ -17,6 +17,7 @@ from saia.proxy.backend import Backend, Headers
 from saia.proxy.errors import ProxyError, error_body, error_response
 from saia.proxy.exchange import Exchange
 from saia.proxy.intake import parse, read_body
+from saia.proxy.keys import KeyChecker, bearer
 from saia.proxy.metering import Meter
 from saia.proxy.models import model_list
 from saia.proxy.routing import Router, RoutingTable
@@ -45,13 +46,31 @@ def create_app(
     backend: Backend,
     settings: ProxySettings,
     wake: Callable[[], None],
+    keys: KeyChecker | None = None,
 ) -> Starlette:
+    """``keys`` checks API keys when ``settings.require_api_key``; else the user comes from
+    the trusted header, or is anonymous."""
+    if settings.require_api_key and keys is None:
+        raise ValueError("require_api_key is set but no key checker was given")
     router = Router(hub, demand, settings, wake)
+
+    def authenticate(request: Request) -> str:
+        if keys is None or not settings.require_api_key:
+            return user_of(request, settings)
+        presented = bearer(request.headers.get("authorization"))
+        user = None if presented is None else keys.user_of(presented)
+        if user is None:
+            raise ProxyError(401, "the API key is missing, wrong or revoked", "invalid_api_key")
+        return user
 
     async def health(request: Request) -> Response:
         return JsonResponse({"status": "ok"})
 
     async def models(request: Request) -> Response:
+        try:
+            authenticate(request)
+        except ProxyError as error:
+            return error_response(error)
         with hub.lock:
             services = dict(hub.state.services)
         return JsonResponse(model_list(services, router))
@@ -63,13 +82,13 @@ def create_app(
             return error_response(error)
 
     async def _forward(request: Request) -> Response:
+        user = authenticate(request)  # before the body is even read
         path = request.url.path
         intake = parse(path, await read_body(request, settings.max_body_bytes),
                        settings.include_usage)  # fmt: skip
         if not router.knows(intake.service):
             raise ProxyError(404, f"the model {intake.service!r} does not exist",
                              "model_not_found")  # fmt: skip
-        user = user_of(request, settings)
         exchange = Exchange(intake, user, path, backend_headers(request), router, backend,
                             recorder, settings)  # fmt: skip
         exchange.record_start()
