@@ -21,7 +21,7 @@ import anyio
 from saia.domain.request import Request
 from saia.domain.state import JobView
 from saia.proxy.backend import Backend, BackendUnreachable, Headers, UpstreamResponse
-from saia.proxy.errors import ProxyError
+from saia.proxy.errors import ProxyError, error_body
 from saia.proxy.intake import Intake
 from saia.proxy.metering import Meter
 from saia.proxy.routing import Router
@@ -31,6 +31,7 @@ from saia.recording import GroupCommitter, RecorderClosed, RecorderOverloaded
 logger = logging.getLogger("saia.proxy")
 
 CLIENT_GONE = 499  # nginx's convention: the client closed the connection first
+BROKEN_OFF = 502  # the answer started but did not finish
 
 
 def now() -> datetime:
@@ -147,12 +148,25 @@ class Exchange:
 
     async def relay(self, upstream: UpstreamResponse, meter: Meter) -> AsyncIterator[bytes]:
         """The upstream body as it comes; the end recorded however it comes."""
-        status = CLIENT_GONE
+        status = CLIENT_GONE  # unless the loop below ends otherwise
+        chunks = aiter(upstream.chunks)
         try:
-            async for chunk in upstream.chunks:
+            while True:
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    status = upstream.status
+                    break
+                except Exception as error:  # the job or the link broke off mid-answer
+                    status = BROKEN_OFF
+                    logger.warning("request %s: the answer broke off: %r", self.id, error)
+                    if not self.intake.streaming:
+                        raise  # the client sees a cut connection, not a short JSON
+                    message = "the backend broke off its answer"
+                    yield b"data: " + error_body(502, message, "backend_broke_off") + b"\n\n"
+                    break
                 meter.feed(chunk)
-                yield chunk
-            status = upstream.status
+                yield chunk  # the client leaving raises here, and ends the loop
         finally:
             # Cancelled when the client left: the shield lets the upstream close cleanly.
             with anyio.CancelScope(shield=True):

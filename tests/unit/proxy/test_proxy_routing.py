@@ -9,6 +9,7 @@ from uuid import UUID
 import httpx
 import openai
 import pytest
+from starlette.types import Receive, Scope, Send
 
 from saia.demand import DemandTracker
 from saia.domain.job import Phase
@@ -106,4 +107,29 @@ def test_client_leaving_a_stream_ends_its_upstream_request(ready: Proxy) -> None
         assert time.monotonic() < deadline, "the abandoned request was never recorded"
         time.sleep(0.02)
     [usage] = ready.accounting().usage.values()
+    assert usage.requests == 1 and usage.errors == 1
+
+
+async def breaks_off(scope: Scope, receive: Receive, send: Send) -> None:
+    """A job that dies after the first event of its answer."""
+    head = [(b"content-type", b"text/event-stream")]
+    await send({"type": "http.response.start", "status": 200, "headers": head})
+    await send({"type": "http.response.body", "body": b"data: {}\n\n", "more_body": True})
+    raise RuntimeError("the service died mid-answer")
+
+
+def test_a_stream_the_backend_breaks_off_ends_with_an_error_event(proxy: Proxy) -> None:
+    """A stream cut by the job ends with an SSE error event and is recorded as a 502."""
+    with serving(breaks_off) as port:
+        proxy.hub.add_job(SERVICE, port)
+        body = {"model": SERVICE, "stream": True, "messages": [{"role": "user", "content": "x"}]}
+        with httpx.stream("POST", f"{proxy.url}/v1/chat/completions", json=body) as response:
+            lines = [line for line in response.iter_lines() if line]
+    assert lines[0] == "data: {}"
+    assert "backend_broke_off" in lines[-1]
+    deadline = time.monotonic() + 5
+    while not proxy.accounting().usage:
+        assert time.monotonic() < deadline, "the broken request was never recorded"
+        time.sleep(0.02)
+    [usage] = proxy.accounting().usage.values()
     assert usage.requests == 1 and usage.errors == 1
