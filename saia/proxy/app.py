@@ -16,7 +16,7 @@ from saia.demand import DemandTracker
 from saia.proxy.backend import Backend, Headers
 from saia.proxy.errors import ProxyError, error_body, error_response
 from saia.proxy.exchange import Exchange
-from saia.proxy.intake import parse, read_body
+from saia.proxy.intake import SERVICE_HEADER, Intake, by_header, parse, read_body
 from saia.proxy.keys import KeyChecker, bearer
 from saia.proxy.metering import Meter
 from saia.proxy.models import model_list
@@ -83,9 +83,7 @@ def create_app(
 
     async def _forward(request: Request) -> Response:
         user = authenticate(request)  # before the body is even read
-        path = request.url.path
-        intake = parse(path, await read_body(request, settings.max_body_bytes),
-                       settings.include_usage)  # fmt: skip
+        path, intake = await read_intake(request, settings)
         if not router.knows(intake.service):
             raise ProxyError(404, f"the model {intake.service!r} does not exist",
                              "model_not_found")  # fmt: skip
@@ -116,6 +114,7 @@ def create_app(
 
     routes = [Route("/health", health), Route("/v1/models", models)]
     routes += [Route(path, forward, methods=["POST"]) for path in ROUTED_PATHS]
+    routes.append(Route("/v1/{rest:path}", forward, methods=["GET", "POST"]))
     return Starlette(routes=routes)
 
 
@@ -142,6 +141,17 @@ async def waiting_stream(exchange: Exchange) -> AsyncIterator[bytes]:
         yield chunk
 
 
+async def read_intake(request: Request, settings: ProxySettings) -> tuple[str, Intake]:
+    """The path to forward (query included) and the checked request."""
+    path = request.url.path
+    raw = await read_body(request, settings.max_body_bytes)
+    if path in ROUTED_PATHS:
+        intake = parse(path, raw, settings.include_usage)
+    else:
+        intake = by_header(request.method, request.headers.get(SERVICE_HEADER), raw)
+    return (f"{path}?{request.url.query}" if request.url.query else path), intake
+
+
 def user_of(request: Request, settings: ProxySettings) -> str:
     if settings.trusted_user_header:
         user = request.headers.get(settings.trusted_user_header, "")
@@ -152,7 +162,7 @@ def user_of(request: Request, settings: ProxySettings) -> str:
 
 def backend_headers(request: Request) -> Headers:
     """Only what the backend needs: never the client's credentials or cookies."""
-    headers = [("content-type", "application/json")]
+    headers = [("content-type", request.headers.get("content-type", "application/json"))]
     accept = request.headers.get("accept")
     if accept:
         headers.append(("accept", accept))

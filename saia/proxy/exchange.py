@@ -121,7 +121,7 @@ class Exchange:
             self.router.acquire(service, job, was_waiting=waited)
             try:
                 upstream = await self.backend.send(
-                    job, "POST", self.path, self.headers, self.intake.body
+                    job, self.intake.method, self.path, self.headers, self.intake.body
                 )
             except BackendUnreachable as error:
                 logger.warning("request %s: %s; trying another backend", self.id, error)

@@ -12,6 +12,7 @@ from saia.proxy.errors import ProxyError
 
 # Endpoints whose streams can carry a final usage chunk when asked to.
 USAGE_STREAM_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+SERVICE_HEADER = "inference-service"  # SAIA's header for paths without a model in the body
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +20,15 @@ class Intake:
     service: str
     streaming: bool
     body: bytes  # what goes to the backend, stream_options added when asked to
+    method: str = "POST"
+
+
+def by_header(method: str, service: str | None, raw: bytes) -> Intake:
+    """Other /v1 paths: the service named by a header, the body passed on untouched."""
+    if not service:
+        raise ProxyError(400, f"name the service in the {SERVICE_HEADER!r} header",
+                         "missing_service")  # fmt: skip
+    return Intake(service=service, streaming=False, body=raw, method=method)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

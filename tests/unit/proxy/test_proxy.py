@@ -7,7 +7,9 @@ import time
 
 import httpx
 import openai
+import orjson
 import pytest
+from starlette.types import Receive, Scope, Send
 
 from saia.demand import DemandTracker
 from saia.domain.job import Phase
@@ -146,3 +148,28 @@ def test_no_ready_backend_after_max_wait_is_503(proxy: Proxy) -> None:
     assert response.status_code == 503
     assert response.headers["retry-after"] == "30"
     assert response.json()["error"]["code"] == "no_backend"
+
+
+
+async def echo_request(scope: Scope, receive: Receive, send: Send) -> None:
+    """A job that answers with what it was asked: method, path, query and body."""
+    message = await receive()
+    answer = orjson.dumps({"method": scope["method"], "path": scope["path"],
+                           "query": scope["query_string"].decode(),
+                           "body": message.get("body", b"").decode()})  # fmt: skip
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": answer})
+
+
+def test_other_paths_are_routed_by_the_inference_service_header(proxy: Proxy) -> None:
+    """A /v1 path without a model in the body goes, as it is, to the service its header names."""
+    with serving(echo_request) as port:
+        proxy.hub.add_job(SERVICE, port)
+        headers = {"inference-service": SERVICE}
+        got = httpx.post(f"{proxy.url}/v1/audio/x?lang=de", headers=headers, content=b"raw")
+        assert got.json() == {"method": "POST", "path": "/v1/audio/x", "query": "lang=de",
+                              "body": "raw"}  # fmt: skip
+        assert httpx.get(f"{proxy.url}/v1/files", headers=headers).json()["method"] == "GET"
+    missing = httpx.get(f"{proxy.url}/v1/files")
+    assert missing.status_code == 400
+    assert missing.json()["error"]["code"] == "missing_service"
