@@ -18,6 +18,7 @@ from saia.proxy.errors import ProxyError, error_body, error_response
 from saia.proxy.exchange import Exchange
 from saia.proxy.intake import SERVICE_HEADER, Intake, by_header, parse, read_body
 from saia.proxy.keys import KeyChecker, bearer
+from saia.proxy.limits import RateLimiter
 from saia.proxy.metering import Meter
 from saia.proxy.models import model_list
 from saia.proxy.routing import Router, RoutingTable
@@ -53,6 +54,8 @@ def create_app(
     if settings.require_api_key and keys is None:
         raise ValueError("require_api_key is set but no key checker was given")
     router = Router(hub, demand, settings, wake)
+    per_minute = settings.rate_limit_per_minute
+    limiter = RateLimiter(per_minute) if per_minute else None
 
     def authenticate(request: Request) -> str:
         if keys is None or not settings.require_api_key:
@@ -83,6 +86,7 @@ def create_app(
 
     async def _forward(request: Request) -> Response:
         user = authenticate(request)  # before the body is even read
+        limit_headers = {} if limiter is None else limiter.take(user)
         path, intake = await read_intake(request, settings)
         if not router.knows(intake.service):
             raise ProxyError(404, f"the model {intake.service!r} does not exist",
@@ -109,7 +113,7 @@ def create_app(
         return StreamingResponse(
             exchange.relay(upstream, meter),
             status_code=upstream.status,
-            headers=response_headers(upstream.headers, intake.streaming),
+            headers=response_headers(upstream.headers, intake.streaming) | limit_headers,
         )
 
     routes = [Route("/health", health), Route("/v1/models", models)]

@@ -14,6 +14,7 @@ class ProxySettings:
     keepalive_interval: float = 10.0  # SSE comment lines while a stream waits
     poll_interval: float = 0.05  # how often a waiting request looks for a backend
     include_usage: bool = True  # add stream_options.include_usage so tokens are metered
+    rate_limit_per_minute: int = 0  # requests per user and minute; 0: no limit
     require_api_key: bool = False  # keys issued as events; off: trusted header or anonymous
     trusted_user_header: str = ""  # e.g. "x-consumer-username" behind a gateway; "" = anonymous
     anonymous_user: str = "anonymous"
