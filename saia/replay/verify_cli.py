@@ -12,7 +12,7 @@ from saia.adapters.store import EventLog
 from saia.replay.checkpoints import new_key_pair, private_key, public_key
 from saia.replay.progress import progress
 from saia.replay.rebuild import compare_projections
-from saia.replay.seal import INTERVAL, seal
+from saia.replay.seal import INTERVAL, SealRefused, seal
 from saia.replay.tamper import check_chain
 
 
@@ -41,8 +41,12 @@ def _keygen(args: argparse.Namespace) -> int:
 def _seal(args: argparse.Namespace) -> int:
     key = private_key(args.key)
     log = EventLog(config.load(args.config).store)
-    with progress("seal", log.last_position()) as on_batch:
-        sealed = seal(log, args.out, key, args.interval, on_batch)
+    try:
+        with progress("seal", log.last_position()) as on_batch:
+            sealed = seal(log, args.out, key, args.interval, on_batch)
+    except SealRefused as refused:
+        print(f"saia-replay: {refused}", file=sys.stderr)
+        return 1
     print(f"{sealed.checkpoints} checkpoint(s) written; sealed up to position {sealed.position}")
     return 0
 

@@ -126,3 +126,12 @@ def test_seal_extends_the_file(sealed: Path, capsys: pytest.CaptureFixture[str])
     code, text = verify(sealed, capsys)
     assert code == 0
     assert "chain ok: 144 events sealed, 0 not yet sealed" in text
+
+
+def test_seal_refuses_a_changed_log(sealed: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """seal will not extend checkpoints over a log that no longer matches them."""
+    database(sealed).execute("DELETE FROM stored_events WHERE rowid = 5")
+    code = main(["--config", str(sealed), "seal", "--key", str(sealed.parent / "key"),
+                 "--out", str(sealed.parent / "checkpoints")])
+    assert code == 1
+    assert "differs from the checkpoint" in capsys.readouterr().err
