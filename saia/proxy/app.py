@@ -20,6 +20,7 @@ from saia.proxy.intake import SERVICE_HEADER, Intake, by_header, parse, read_bod
 from saia.proxy.keys import KeyChecker, bearer
 from saia.proxy.limits import RateLimiter
 from saia.proxy.metering import Meter
+from saia.proxy.metrics import ProxyMetrics
 from saia.proxy.models import model_list
 from saia.proxy.routing import Router, RoutingTable
 from saia.proxy.settings import ProxySettings
@@ -54,24 +55,16 @@ def create_app(
     if settings.require_api_key and keys is None:
         raise ValueError("require_api_key is set but no key checker was given")
     router = Router(hub, demand, settings, wake)
+    metrics = ProxyMetrics()
     per_minute = settings.rate_limit_per_minute
     limiter = RateLimiter(per_minute) if per_minute else None
-
-    def authenticate(request: Request) -> str:
-        if keys is None or not settings.require_api_key:
-            return user_of(request, settings)
-        presented = bearer(request.headers.get("authorization"))
-        user = None if presented is None else keys.user_of(presented)
-        if user is None:
-            raise ProxyError(401, "the API key is missing, wrong or revoked", "invalid_api_key")
-        return user
 
     async def health(request: Request) -> Response:
         return JsonResponse({"status": "ok"})
 
     async def models(request: Request) -> Response:
         try:
-            authenticate(request)
+            authenticate(request, settings, keys)
         except ProxyError as error:
             return error_response(error)
         with hub.lock:
@@ -85,14 +78,14 @@ def create_app(
             return error_response(error)
 
     async def _forward(request: Request) -> Response:
-        user = authenticate(request)  # before the body is even read
+        user = authenticate(request, settings, keys)  # before the body is even read
         limit_headers = {} if limiter is None else limiter.take(user)
         path, intake = await read_intake(request, settings)
         if not router.knows(intake.service):
             raise ProxyError(404, f"the model {intake.service!r} does not exist",
                              "model_not_found")  # fmt: skip
         exchange = Exchange(intake, user, path, backend_headers(request), router, backend,
-                            recorder, settings)  # fmt: skip
+                            recorder, settings, metrics)  # fmt: skip
         exchange.record_start()
         if intake.streaming and router.pick(intake.service, set()) is None:
             await exchange.started_recorded()
@@ -116,7 +109,14 @@ def create_app(
             headers=response_headers(upstream.headers, intake.streaming) | limit_headers,
         )
 
-    routes = [Route("/health", health), Route("/v1/models", models)]
+    async def prometheus(request: Request) -> Response:
+        with hub.lock:
+            services = dict(hub.state.services)
+            text = metrics.render(router, services)
+        return Response(text, media_type="text/plain; version=0.0.4")
+
+    routes = [Route("/health", health), Route("/metrics", prometheus),
+              Route("/v1/models", models)]  # fmt: skip
     routes += [Route(path, forward, methods=["POST"]) for path in ROUTED_PATHS]
     routes.append(Route("/v1/{rest:path}", forward, methods=["GET", "POST"]))
     return Starlette(routes=routes)
@@ -154,6 +154,16 @@ async def read_intake(request: Request, settings: ProxySettings) -> tuple[str, I
     else:
         intake = by_header(request.method, request.headers.get(SERVICE_HEADER), raw)
     return (f"{path}?{request.url.query}" if request.url.query else path), intake
+
+
+def authenticate(request: Request, settings: ProxySettings, keys: KeyChecker | None) -> str:
+    if keys is None or not settings.require_api_key:
+        return user_of(request, settings)
+    presented = bearer(request.headers.get("authorization"))
+    user = None if presented is None else keys.user_of(presented)
+    if user is None:
+        raise ProxyError(401, "the API key is missing, wrong or revoked", "invalid_api_key")
+    return user
 
 
 def user_of(request: Request, settings: ProxySettings) -> str:

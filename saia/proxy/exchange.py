@@ -24,6 +24,7 @@ from saia.proxy.backend import Backend, BackendUnreachable, Headers, UpstreamRes
 from saia.proxy.errors import ProxyError, error_body
 from saia.proxy.intake import Intake
 from saia.proxy.metering import Meter
+from saia.proxy.metrics import ProxyMetrics
 from saia.proxy.routing import Router
 from saia.proxy.settings import ProxySettings
 from saia.recording import GroupCommitter, RecorderClosed, RecorderOverloaded
@@ -55,7 +56,10 @@ class Exchange:
         backend: Backend,
         recorder: GroupCommitter,
         settings: ProxySettings,
+        metrics: ProxyMetrics,
     ) -> None:
+        self.arrived = time.monotonic()
+        self.metrics = metrics
         self.intake = intake
         self.path = path
         self.headers = headers
@@ -85,6 +89,7 @@ class Exchange:
 
     def reject(self, error: ProxyError) -> None:
         self.request.reject(error.status, error.code, now())
+        self.metrics.observe(self.intake.service, error.status, time.monotonic() - self.arrived)
         self._hand_over()
 
     def finish(self, status: int, meter: Meter) -> None:
@@ -92,6 +97,7 @@ class Exchange:
         job = "" if self.job is None else str(self.job.id)
         self.request.finish(status, job, meter.bytes_out, usage.prompt_tokens,
                             usage.completion_tokens, now())  # fmt: skip
+        self.metrics.observe(self.intake.service, status, time.monotonic() - self.arrived)
         self._hand_over()
 
     def _hand_over(self) -> None:
