@@ -16,10 +16,10 @@ insert, the log does not use: snapshots are off, and the aggregate cache is
 fast-forwarded from the log rather than filled on save.
 
 The writer overlaps the disk with the producers. It tells a batch's producers
-their outcome only once the next batch's rows are in, just before that batch
-commits: the commit (disk writes and sync, without the GIL) then runs while those
-producers make their next events. And what an idle writer finds queued came in
-one burst; it commits that in two halves, so that the pipeline starts at once.
+their outcome only when the next batch is about to commit: that commit (the
+disk writes and the sync, without the GIL) then runs while those producers make
+their next events. And what an idle writer finds queued came in one burst; it
+commits that in two halves, so that the pipeline starts at once.
 """
 
 from __future__ import annotations
@@ -232,8 +232,8 @@ class GroupCommitter:
     def _commit(self, batch: list[_Submission], untold: list[Outcome]) -> list[Outcome]:
         """Record the batch in one transaction; what each submission's waiter is to be told.
 
-        The previous batch's waiters are told once this batch's rows are in, before
-        its commit: while the disk writes and syncs, their producers go on.
+        The previous batch's waiters are told just before this batch commits:
+        while the disk writes and syncs, their producers go on.
         """
         told = False
 

@@ -7,17 +7,23 @@ environment is never consulted here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from eventsourcing import persistence
 from eventsourcing.application import Application
 from eventsourcing.persistence import JSONTranscoder, Mapper, StoredEvent, Transcoder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import Environment
 
 from saia.adapters.transcoder import OrjsonMapper, OrjsonTranscoder
+
+# SQLite builds before 3.32 allow 999 parameters a statement, four to an event.
+ROWS_PER_STATEMENT = 249
 
 
 def _nothing() -> None:
@@ -108,29 +114,70 @@ class EventLog(Application[UUID]):
     ) -> None:
         """Insert encoded events in one transaction, all or none; positions are not returned.
 
-        ``before_commit`` is called once: on SQLite when the rows are in and the
-        commit (the disk writes and the sync) is next, elsewhere before the insert.
+        ``before_commit`` is called once, before the batch commits (on SQLite
+        while the writer lock is held).
 
         The library's SQLite recorder executes one INSERT per row to return each
         row's position; nobody here reads them, and that store has no listeners to
-        notify. So SQLite gets one ``executemany`` in the library's own
-        transaction: its writer lock, its rollback, its error types, its table
-        and statement. Other stores insert through their recorder.
+        notify. A batch that fits one statement goes in as one multi-row INSERT
+        outside BEGIN...COMMIT, which SQLite runs as a transaction of its own: it
+        inserts, writes the WAL and syncs in one call, without the GIL, while the
+        producers just told run. (BEGIN, INSERT and COMMIT are three calls, and
+        the COMMIT would wait for the GIL behind them.) It takes the library's
+        writer connection and lock, and raises the library's error types. A larger
+        batch goes through the library's own transaction with one ``executemany``.
+        Other stores insert through their recorder.
         """
         recorder = self.recorder
         if type(recorder) is not SQLiteApplicationRecorder:
             before_commit()
             recorder.insert_events(stored_events)
             return
-        rows = [
-            (
-                s.originator_id.hex if isinstance(s.originator_id, UUID) else s.originator_id,
-                s.originator_version,
-                s.topic,
-                s.state,
-            )
-            for s in stored_events
-        ]
-        with recorder.datastore.transaction(commit=True) as cursor:
-            cursor.executemany(recorder.insert_events_statement, rows)
+        rows = [_row(stored) for stored in stored_events]
+        if len(rows) > ROWS_PER_STATEMENT:
+            with recorder.datastore.transaction(commit=True) as cursor:
+                cursor.executemany(recorder.insert_events_statement, rows)
+                before_commit()
+            return
+        statement = f"INSERT INTO {recorder.events_table_name} VALUES " + ",".join(
+            ["(?,?,?,?)"] * len(rows)
+        )
+        params = [value for row in rows for value in row]
+        with (
+            recorder.datastore.get_connection(commit=True) as connection,
+            connection.cursor() as cursor,
+            _as_library_errors(),
+        ):
             before_commit()
+            cursor.execute(statement, params)
+
+
+def _row(stored: StoredEvent) -> tuple[str, int, str, bytes]:
+    originator_id = stored.originator_id
+    key = originator_id.hex if isinstance(originator_id, UUID) else originator_id
+    return key, stored.originator_version, stored.topic, stored.state
+
+
+@contextmanager
+def _as_library_errors() -> Iterator[None]:
+    """sqlite3's errors as eventsourcing's, as the library's SQLite transaction maps them."""
+    try:
+        yield
+    except sqlite3.InterfaceError as error:
+        raise persistence.InterfaceError(error) from error
+    except sqlite3.DataError as error:
+        raise persistence.DataError(error) from error
+    except sqlite3.OperationalError as error:
+        raise persistence.OperationalError(error) from error
+    except sqlite3.IntegrityError as error:
+        raise persistence.IntegrityError(error) from error
+    except sqlite3.InternalError as error:
+        raise persistence.InternalError(error) from error
+    except sqlite3.ProgrammingError as error:
+        raise persistence.ProgrammingError(error) from error
+    except sqlite3.NotSupportedError as error:
+        raise persistence.NotSupportedError(error) from error
+    except sqlite3.DatabaseError as error:
+        raise persistence.DatabaseError(error) from error
+    except sqlite3.Error as error:
+        raise persistence.PersistenceError(error) from error

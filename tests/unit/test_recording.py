@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta, timezone
@@ -272,7 +273,7 @@ def test_a_task_need_not_wait_for_started_to_have_it_recorded_first(log: EventLo
     position = {(request_id, version): index for index, (request_id, version, _) in enumerate(rows)}
     assert all(position[(r, 1)] < position[(r, 2)] for r, version, _ in rows if version == 2)
 
-def test_a_batch_is_told_when_the_next_one_is_in_before_it_commits(
+def test_a_batch_is_told_before_the_next_one_commits(
     log: EventLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Producers of one batch go on while the next batch commits; each is told once."""
@@ -382,16 +383,34 @@ def test_append_records_a_batch_in_order_as_the_recorder_would(log: EventLog) ->
     assert [n.id for n in notifications] == [1, 2, 3]
 
 
-def test_append_of_a_stale_event_records_none_of_its_batch(log: EventLog) -> None:
+@pytest.mark.parametrize("innocents", [1, 300])  # one statement; the library's transaction
+def test_append_of_a_stale_event_records_none_of_its_batch(log: EventLog, innocents: int) -> None:
     """A duplicate version fails the whole transaction with the library's IntegrityError."""
     first = started()
     log.append([log.mapper.to_stored_event(e) for e in first.collect_events()])
-    innocent = [started(i) for i in range(300)]
+    innocent = [started(i) for i in range(innocents)]
     stale = started(request_id=first.id)
     batch = [log.mapper.to_stored_event(e) for r in (*innocent, stale) for e in r.collect_events()]
     with pytest.raises(IntegrityError):
         log.append(batch)
     assert recorded(log) == [(first.id, 1, "saia.Request.Started")]
+
+
+def test_append_to_a_locked_sqlite_file_raises_the_librarys_operational_error(
+    tmp_path: Path,
+) -> None:
+    """Another writer holding the file past the lock timeout is a store failure, typed so."""
+    path = str(tmp_path / "locked.db")
+    with EventLog(SqliteStore(path), {"SQLITE_LOCK_TIMEOUT": "1"}) as log:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(OperationalError):
+                log.append([log.mapper.to_stored_event(e) for e in started().collect_events()])
+        finally:
+            other.close()
+        log.append([log.mapper.to_stored_event(e) for e in started().collect_events()])
+        assert len(recorded(log)) == 1
 
 
 def every_kind_of_event() -> list[Any]:
