@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
@@ -17,6 +18,8 @@ from saia.domain.link import LINK_ID, Link
 from saia.projections.accounting import Accounting
 from saia.projections.runner import ProjectionRunner
 from saia.projections.service_state import ServiceState
+
+T = TypeVar("T")
 
 
 def utc(epoch: float) -> datetime:
@@ -50,20 +53,19 @@ class Hub:
         return job
 
     def cluster(self, now: float) -> Cluster:
-        try:
-            cluster: object = self.log.repository.get(CLUSTER_ID)
-        except AggregateNotFoundError:
-            cluster = Cluster.open(utc(now))
-        assert isinstance(cluster, Cluster)
-        return cluster
+        return self._singleton(CLUSTER_ID, Cluster, lambda: Cluster.open(utc(now)))
 
     def link(self, target: str, now: float) -> Link:
+        return self._singleton(LINK_ID, Link, lambda: Link.open(target, utc(now)))
+
+    def _singleton(self, aggregate_id: UUID, kind: type[T], opened: Callable[[], T]) -> T:
+        """The log's one aggregate of a kind, or a new one when the log has none yet."""
         try:
-            link: object = self.log.repository.get(LINK_ID)
+            found: object = self.log.repository.get(aggregate_id)
         except AggregateNotFoundError:
-            link = Link.open(target, utc(now))
-        assert isinstance(link, Link)
-        return link
+            return opened()
+        assert isinstance(found, kind)
+        return found
 
     def link_changed(self, target: str, up: bool, error: str, now: float) -> None:
         """Record the SSH link going up or down (called from the link's own thread)."""

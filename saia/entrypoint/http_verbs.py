@@ -31,7 +31,7 @@ def run(command: HttpCommand, context: Context) -> int:
 
 def probe(command: grammar.Probe, context: Context) -> int:
     """The same check as the hub's own prober (HttpProber): ok means a 2xx answer."""
-    route = _running_route(command.job_id, context)
+    route = running_route(command.job_id, context)
     # httpx costs about 0.1 s to import; forward and legacy requests must not pay it.
     from uuid import UUID  # noqa: PLC0415 (start-up cost)
 
@@ -49,7 +49,7 @@ def probe(command: grammar.Probe, context: Context) -> int:
 
 
 def forward(command: grammar.Forward, context: Context) -> int:
-    route = _running_route(command.job_id, context)
+    route = running_route(command.job_id, context)
     config = context.config
     try:
         relay.forward(
@@ -128,7 +128,7 @@ def _read_all(read: Read, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _running_route(job_id: str, context: Context) -> Route:
+def running_route(job_id: str, context: Context) -> Route:
     route = context.routes().route(job_id)
     if route is None:
         raise Refusal(f"job {job_id} is not one of saia's jobs", exits.NOT_PERMITTED)

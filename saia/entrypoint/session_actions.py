@@ -129,7 +129,7 @@ class SessionActions:
 
     async def _running_route(self, job_id: str) -> Route:
         # The forward verb's own check: saia's job, and running, by the route cache.
-        check = http_verbs._running_route
+        check = http_verbs.running_route
         return await self._in_queue_worker(check, job_id, self._verb_context([]))
 
     def _verb_context(self, output: list[bytes]) -> Context:
