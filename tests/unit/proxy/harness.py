@@ -51,7 +51,10 @@ class FakeHub:
 
 
 def free_socket() -> socket.socket:
-    sock = socket.socket()
+    # The protocol number is spelled out: accepted sockets copy it, and asyncio sets
+    # TCP_NODELAY only on sockets whose proto is IPPROTO_TCP. With the default 0,
+    # Nagle holds an answer's body until the client's delayed ACK of its headers (40 ms).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
