@@ -1,17 +1,22 @@
-"""The golden log replays to the recorded projection digests (topic stability, determinism)."""
+"""The golden log replays to the recorded projection digests (topic stability, determinism).
+
+``GoldenContract`` holds the tests; each backend subclasses it with its ``golden`` fixture,
+so the same log gives the same digests and chain head in every store.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from saia import config
+import pytest
+
 from saia.adapters.store import EventLog
 from saia.projections.accounting import Accounting
 from saia.projections.service_state import ServiceState
 from saia.replay.chain import GENESIS, link
 from saia.replay.digest import digest
 from saia.replay.source import notifications, recorded
-from tests.unit.replay_support import golden_store
+from tests.unit.replay_support import GoldenLog, SqliteGolden
 
 # Recorded from tests/data/golden/golden.jsonl; a change here needs a reason in the commit.
 SERVICE_STATE = "4099fe74a74dfe985f701f3bb9b6f813b40ab2a2f76bc63e02a483321570c75f"
@@ -19,21 +24,35 @@ CHAIN_HEAD = "338cbed0879f45c49342d4d85bcc3ff1eceed76e4a7bfa43d12085705f12a309"
 ACCOUNTING = "abad7aec2c3b354e7b7c755304af5cbb61ebfc0ba35c7ed8171e9c999fba3149"
 
 
-def test_golden_log_replays_to_known_digests(tmp_path: Path) -> None:
-    """Replaying the golden log gives exactly the recorded service-state and accounting."""
-    log = EventLog(config.load(golden_store(tmp_path)).store)
-    state, accounting = ServiceState(), Accounting()
-    for r in recorded(log):
-        state.apply(r.event)
-        accounting.apply(r.event)
-    assert digest(state.fingerprint()) == SERVICE_STATE
-    assert digest(accounting.fingerprint()) == ACCOUNTING
+class GoldenContract:
+    """The tests every backend passes; subclasses provide the ``golden`` fixture."""
+
+    @pytest.fixture
+    def golden(self) -> GoldenLog:
+        raise NotImplementedError
+
+    def test_golden_log_replays_to_known_digests(self, golden: GoldenLog) -> None:
+        """Replaying the golden log gives exactly the recorded service-state and accounting."""
+        log = EventLog(golden.store)
+        state, accounting = ServiceState(), Accounting()
+        for r in recorded(log):
+            state.apply(r.event)
+            accounting.apply(r.event)
+        log.close()
+        assert digest(state.fingerprint()) == SERVICE_STATE
+        assert digest(accounting.fingerprint()) == ACCOUNTING
+
+    def test_golden_log_chain_head_is_stable(self, golden: GoldenLog) -> None:
+        """The hash chain over the golden log ends in the recorded link, in every store."""
+        log = EventLog(golden.store)
+        chain = GENESIS
+        for notification in notifications(log):
+            chain = link(chain, notification)
+        log.close()
+        assert chain.hex() == CHAIN_HEAD
 
 
-def test_golden_log_chain_head_is_stable(tmp_path: Path) -> None:
-    """The hash chain over the golden log ends in the recorded link: old seals stay checkable."""
-    log = EventLog(config.load(golden_store(tmp_path)).store)
-    chain = GENESIS
-    for notification in notifications(log):
-        chain = link(chain, notification)
-    assert chain.hex() == CHAIN_HEAD
+class TestSqliteGolden(GoldenContract):
+    @pytest.fixture
+    def golden(self, tmp_path: Path) -> GoldenLog:
+        return SqliteGolden(tmp_path)
