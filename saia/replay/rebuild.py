@@ -1,50 +1,136 @@
-"""Every projection rebuilt from scratch, compared with the live view the hub keeps."""
+"""Every projection rebuilt from scratch, compared with the live view the hub keeps.
+
+The live view is built by a fresh hub's own runner, the rebuild by the replay path.
+When the two differ at the end, further passes find the first event after which
+they differ: each pass digests both views after the same numbers of events, at
+most ``FANOUT`` times, and narrows the stretch holding the first difference by
+that factor, down to one event (one pass up to a thousand events, two up to a
+million).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass
+from typing import Any
 
-from saia.adapters.store import StoreSettings
+from saia.adapters.store import EventLog, StoreSettings
 from saia.hub import Hub
 from saia.projections.accounting import Accounting
 from saia.projections.service_state import ServiceState
 from saia.replay.digest import digest
 from saia.replay.source import recorded
 
+FANOUT = 1000
+PROJECTIONS = ("service state", "accounting")
+
 
 @dataclass(frozen=True, slots=True)
 class Mismatch:
     projection: str
-    position: int  # the rebuilt view was compared after this position
+    position: int  # the first event after which the rebuilt view differs from the live one
+    end: int  # the position both views were read up to
 
     def __str__(self) -> str:
-        return f"position {self.position}: {self.projection} rebuilt differs from the live view"
+        return (
+            f"position {self.position}: {self.projection} rebuilt differs from the live "
+            f"view from this event on (compared up to position {self.end})"
+        )
 
 
 def compare_projections(
     store: StoreSettings, on_batch: Callable[[int], None] | None = None
 ) -> list[Mismatch]:
-    """Rebuild through the replay path; the live view is caught up by the hub's own runner.
-
-    Both read the log up to the same position: the live one is caught up first and
-    the rebuild stops there, so events recorded meanwhile do not count as a mismatch.
-    """
+    """Both views read the log up to the same position: the live one is caught up first and
+    the rebuild stops there, so events recorded meanwhile do not count as a mismatch."""
     hub = Hub(store)
     try:
         with hub.lock:
-            hub.runner.catch_up()
-            position = hub.runner.position
-            live = {"service state": digest(hub.state.fingerprint()),
-                    "accounting": digest(hub.accounting.fingerprint())}
-        state, accounting = ServiceState(), Accounting()
-        for r in recorded(hub.log, on_batch=on_batch):
-            if r.position > position:
-                break
-            state.apply(r.event)
-            accounting.apply(r.event)
-        rebuilt = {"service state": digest(state.fingerprint()),
-                   "accounting": digest(accounting.fingerprint())}
+            count = hub.runner.catch_up()
+            end = hub.runner.position
+            live = {
+                name: digest(_fingerprint(name, hub.state, hub.accounting)) for name in PROJECTIONS
+            }
+        if count == 0:
+            return []
+        rebuilt, _ = _rebuilt(hub.log, PROJECTIONS, {count}, on_batch)
+        return [
+            Mismatch(name, _first_difference(store, hub.log, name, count, end), end)
+            for name in PROJECTIONS
+            if live[name] != rebuilt[count][name]
+        ]
     finally:
         hub.close()
-    return [Mismatch(name, position) for name in live if live[name] != rebuilt[name]]
+
+
+def _fingerprint(name: str, state: ServiceState, accounting: Accounting) -> Any:
+    return state.fingerprint() if name == "service state" else accounting.fingerprint()
+
+
+def _first_difference(
+    store: StoreSettings, log: EventLog, name: str, count: int, position: int
+) -> int:
+    """The position of the first event after which the views differ, given that they differ
+    after ``count`` events, the last of them at ``position``."""
+    agree, differ = 0, count  # numbers of events after which the views agree, and differ
+    while differ - agree > 1:
+        step = -(-(differ - agree) // FANOUT)
+        counts = [*range(agree + step, differ, step), differ]
+        live = _live(store, name, set(counts))
+        rebuilt, positions = _rebuilt(log, (name,), set(counts))
+        first = next(n for n in counts if live[n] != rebuilt[n][name])
+        index = counts.index(first)
+        agree, differ = (counts[index - 1] if index else agree), first
+        position = positions[first]
+    return position
+
+
+class _Sampler:
+    """Applied after the hub's own projections: digests its live view after chosen events."""
+
+    def __init__(self, hub: Hub, name: str, counts: Set[int]) -> None:
+        self._hub, self._name, self._counts = hub, name, counts
+        self._count = 0
+        self.digests: dict[int, str] = {}
+
+    def apply(self, event: object) -> None:
+        self._count += 1
+        if self._count in self._counts:
+            self.digests[self._count] = digest(
+                _fingerprint(self._name, self._hub.state, self._hub.accounting)
+            )
+
+
+def _live(store: StoreSettings, name: str, counts: Set[int]) -> dict[int, str]:
+    """Digests of a fresh hub's live view after the given numbers of events."""
+    hub = Hub(store)
+    try:
+        sampler = _Sampler(hub, name, counts)
+        hub.runner.projections.append(sampler)
+        hub.runner.catch_up()
+    finally:
+        hub.close()
+    return sampler.digests
+
+
+def _rebuilt(
+    log: EventLog,
+    names: tuple[str, ...],
+    counts: Set[int],
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[dict[int, dict[str, str]], dict[int, int]]:
+    """Digests of the rebuilt views after the given numbers of events, and those events'
+    positions."""
+    state, accounting = ServiceState(), Accounting()
+    digests: dict[int, dict[str, str]] = {}
+    positions: dict[int, int] = {}
+    last = max(counts)
+    for count, r in enumerate(recorded(log, on_batch=on_batch), start=1):
+        state.apply(r.event)
+        accounting.apply(r.event)
+        if count in counts:
+            digests[count] = {name: digest(_fingerprint(name, state, accounting)) for name in names}
+            positions[count] = r.position
+        if count == last:
+            break
+    return digests, positions

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from saia import hub
+from saia.adapters.store import EventLog
+from saia.domain.job import Job
+from saia.projections.service_state import ServiceState
+from saia.replay import rebuild
 from saia.replay.cli import main
+from saia.replay.source import recorded
 from tests.unit.replay_support import GoldenLog, SqliteGolden
 
 INTERVAL = "40"  # several checkpoints over the 143 golden events
@@ -23,6 +29,19 @@ def verify(config: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
                  "--public-key", str(folder / "key.pub")])
     captured = capsys.readouterr()
     return code, captured.out + captured.err
+
+
+class Forgetful(ServiceState):
+    """A service state that drops the n-th event it is given."""
+
+    def __init__(self, dropped: int) -> None:
+        super().__init__()
+        self._dropped, self._seen = dropped, 0
+
+    def apply(self, event: object) -> None:
+        self._seen += 1
+        if self._seen != self._dropped:
+            super().apply(event)
 
 
 class TamperContract:
@@ -121,6 +140,22 @@ class TamperContract:
                      "--out", str(folder / "checkpoints")])
         assert code == 1
         assert "differs from the checkpoint" in capsys.readouterr().err
+
+    @pytest.mark.parametrize("fanout", [rebuild.FANOUT, 3])
+    def test_projection_mismatch_names_the_first_diverging_event(
+        self, golden: GoldenLog, fanout: int, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A live view that missed one event fails verify naming that event's position."""
+        log = EventLog(golden.store)
+        missed = [r.position for r in recorded(log) if isinstance(r.event, Job.Ended)][0]
+        log.close()
+        # The golden log's positions run from 1 without gaps: the n-th event is at n.
+        monkeypatch.setattr(hub, "ServiceState", lambda: Forgetful(missed))
+        monkeypatch.setattr(rebuild, "FANOUT", fanout)
+        assert main(["--config", str(golden.config), "verify"]) == 1
+        assert (f"MISMATCH position {missed}: service state rebuilt differs from the live view"
+                in capsys.readouterr().err)
 
 
 class TestSqliteTamper(TamperContract):
