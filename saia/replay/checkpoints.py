@@ -33,20 +33,36 @@ class Checkpoint:
 
     def signed_bytes(self) -> bytes:
         return orjson.dumps(
-            {"format": FORMAT, "position": self.position, "count": self.count,
-             "link": self.link, "events": self.events},
+            {
+                "format": FORMAT,
+                "position": self.position,
+                "count": self.count,
+                "link": self.link,
+                "events": self.events,
+            },
             option=orjson.OPT_SORT_KEYS,
         )
 
     def to_line(self) -> bytes:
-        return orjson.dumps({"position": self.position, "count": self.count, "link": self.link,
-                             "events": self.events, "signature": self.signature}) + b"\n"
+        return (
+            orjson.dumps(
+                {
+                    "position": self.position,
+                    "count": self.count,
+                    "link": self.link,
+                    "events": self.events,
+                    "signature": self.signature,
+                }
+            )
+            + b"\n"
+        )
 
 
 def sign(checkpoint: Checkpoint, key: Ed25519PrivateKey) -> Checkpoint:
     signature = key.sign(checkpoint.signed_bytes()).hex()
-    return Checkpoint(checkpoint.position, checkpoint.count, checkpoint.link,
-                      checkpoint.events, signature)
+    return Checkpoint(
+        checkpoint.position, checkpoint.count, checkpoint.link, checkpoint.events, signature
+    )
 
 
 def signature_valid(checkpoint: Checkpoint, key: Ed25519PublicKey) -> bool:
@@ -65,9 +81,13 @@ def read(path: Path) -> Iterator[Checkpoint]:
         for line in lines:
             if line.strip():
                 raw = orjson.loads(line)
-                yield Checkpoint(raw["position"], raw["count"], raw["link"],
-                                 tuple((int(i), str(h)) for i, h in raw["events"]),
-                                 raw["signature"])
+                yield Checkpoint(
+                    raw["position"],
+                    raw["count"],
+                    raw["link"],
+                    tuple((int(i), str(h)) for i, h in raw["events"]),
+                    raw["signature"],
+                )
 
 
 def private_key(path: Path) -> Ed25519PrivateKey:
@@ -93,9 +113,16 @@ def _read(path: Path) -> bytes:
 
 def new_key_pair(private_path: Path, public_path: Path) -> None:
     key = Ed25519PrivateKey.generate()
-    private_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    private_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     private_path.chmod(0o600)
-    public_path.write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    public_path.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )

@@ -90,14 +90,28 @@ def _log(args: argparse.Namespace) -> int:
     log = open_log(args)
     selection = Selection(args.service, args.job, args.user, args.since, args.until)
     with progress("log", log.last_position()) as on_batch:
-        rows = (as_dict(r.position, r.event) for r in recorded(log, on_batch=on_batch)
-                if selection.accepts(r.event))
+        rows = (
+            as_dict(r.position, r.event)
+            for r in recorded(log, on_batch=on_batch)
+            if selection.accepts(r.event)
+        )
         if args.json:
             output.json_lines(rows)
         else:
-            output.table("events", ("position", "at", "kind", "originator", "fields"),
-                         ((row["position"], row["at"], row["kind"], row["originator"],
-                           fields_text(row["fields"])) for row in rows))
+            output.table(
+                "events",
+                ("position", "at", "kind", "originator", "fields"),
+                (
+                    (
+                        row["position"],
+                        row["at"],
+                        row["kind"],
+                        row["originator"],
+                        fields_text(row["fields"]),
+                    )
+                    for row in rows
+                ),
+            )
     return 0
 
 
@@ -106,18 +120,32 @@ def _state(args: argparse.Namespace) -> int:
     with progress("state", log.last_position()) as on_batch:
         state = state_at(log, args.at, on_batch)
     services = [
-        {"service": name, "retired": view.retired, "inflight": view.inflight,
-         "jobs": [{"id": str(job.id), "token": job.token, "phase": job.phase.value,
-                   "port": job.port, "node": job.node, "draining": job.draining}
-                  for job in view.jobs.values()]}
+        {
+            "service": name,
+            "retired": view.retired,
+            "inflight": view.inflight,
+            "jobs": [
+                {
+                    "id": str(job.id),
+                    "token": job.token,
+                    "phase": job.phase.value,
+                    "port": job.port,
+                    "node": job.node,
+                    "draining": job.draining,
+                }
+                for job in view.jobs.values()
+            ],
+        }
         for name, view in sorted(state.services.items())
     ]
     if args.json:
         output.json_lines(services)
         return 0
-    output.table(f"state at {args.at.isoformat()}",
-                 ("service", "retired", "in flight", "job", "phase", "port", "node", "draining"),
-                 _state_rows(services))
+    output.table(
+        f"state at {args.at.isoformat()}",
+        ("service", "retired", "in flight", "job", "phase", "port", "node", "draining"),
+        _state_rows(services),
+    )
     return 0
 
 
@@ -130,8 +158,9 @@ def _state_rows(services: list[dict[str, object]]) -> list[tuple[object, ...]]:
         if not jobs:
             rows.append((*head, "", "", "", "", ""))
         for job in jobs:
-            rows.append((*head, job["token"], job["phase"], job["port"], job["node"],
-                         job["draining"]))
+            rows.append(
+                (*head, job["token"], job["phase"], job["port"], job["node"], job["draining"])
+            )
     return rows
 
 
@@ -145,9 +174,21 @@ def _timeline(args: argparse.Namespace) -> int:
     if args.json:
         output.json_lines(rows)
     else:
-        output.table(f"job {args.job}", ("position", "at", "kind", "+s", "since request", "fields"),
-                     ((r["position"], r["at"], r["kind"], r["since_previous"],
-                       r["since_request"], fields_text(r["fields"])) for r in rows))
+        output.table(
+            f"job {args.job}",
+            ("position", "at", "kind", "+s", "since request", "fields"),
+            (
+                (
+                    r["position"],
+                    r["at"],
+                    r["kind"],
+                    r["since_previous"],
+                    r["since_request"],
+                    fields_text(r["fields"]),
+                )
+                for r in rows
+            ),
+        )
     return 0
 
 
@@ -172,4 +213,3 @@ def _accounting(args: argparse.Namespace) -> int:
     else:
         output.table(f"accounting by {args.by.value}", columns, values)
     return 0
-

@@ -16,11 +16,20 @@ def canonical(value: Any) -> Any:  # noqa: PLR0911 -- one return per kind of val
     if isinstance(value, Enum):
         return canonical(value.value)
     if is_dataclass(value) and not isinstance(value, type):
-        return (type(value).__name__,
-                tuple((f.name, canonical(getattr(value, f.name))) for f in fields(value)))
+        return (
+            type(value).__name__,
+            tuple((f.name, canonical(getattr(value, f.name))) for f in fields(value)),
+        )
     if isinstance(value, dict):
-        return ("dict", tuple(sorted(((repr(canonical(k)), canonical(v))
-                                      for k, v in value.items()), key=lambda kv: kv[0])))
+        return (
+            "dict",
+            tuple(
+                sorted(
+                    ((repr(canonical(k)), canonical(v)) for k, v in value.items()),
+                    key=lambda kv: kv[0],
+                )
+            ),
+        )
     if isinstance(value, set | frozenset):
         return ("set", tuple(sorted(repr(canonical(item)) for item in value)))
     if isinstance(value, tuple | list):

@@ -45,9 +45,16 @@ class InstantCluster:
     def _start(self, submit: Submit, now: float) -> None:
         view = self.services[submit.service]
         job = JobView(
-            id=uuid5(NAMESPACE_URL, f"simulated/{submit.token}"), service=submit.service,
-            token=submit.token, port=submit.port, phase=Phase.READY, requested_at=now,
-            walltime=submit.walltime, replaces=submit.replaces, started_at=now, ready_at=now,
+            id=uuid5(NAMESPACE_URL, f"simulated/{submit.token}"),
+            service=submit.service,
+            token=submit.token,
+            port=submit.port,
+            phase=Phase.READY,
+            requested_at=now,
+            walltime=submit.walltime,
+            replaces=submit.replaces,
+            started_at=now,
+            ready_at=now,
         )
         view.jobs[job.id] = job
         self.started[submit.service] += 1

@@ -17,8 +17,12 @@ def progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
         yield lambda position: None
         return
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeRemainingColumn(), console=console, transient=True,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
     ) as bar:
         task = bar.add_task(description, total=total)
         yield lambda position: bar.update(task, completed=position)

@@ -26,8 +26,15 @@ class Row:
     job_hours: float = 0.0  # per service only: jobs are not a user's or a day's
 
 
-COLUMNS = ("key", "requests", "errors", "prompt_tokens", "completion_tokens",
-           "request_seconds", "job_hours")
+COLUMNS = (
+    "key",
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "request_seconds",
+    "job_hours",
+)
 
 
 def _key(grouping: Grouping, user: str, service: str, day: str) -> str:

@@ -20,8 +20,7 @@ class SealRefused(Exception):
     """The log no longer matches what was sealed: verify first, never seal over it."""
 
     def __init__(self, position: int) -> None:
-        super().__init__(f"the log differs from the checkpoint at position {position}: "
-                         "run verify")
+        super().__init__(f"the log differs from the checkpoint at position {position}: run verify")
         self.position = position
 
 
@@ -32,7 +31,10 @@ class Sealed:
 
 
 def seal(
-    log: EventLog, out: Path, key: Ed25519PrivateKey, interval: int = INTERVAL,
+    log: EventLog,
+    out: Path,
+    key: Ed25519PrivateKey,
+    interval: int = INTERVAL,
     on_batch: Callable[[int], None] | None = None,
 ) -> Sealed:
     last: Checkpoint | None = None
@@ -63,7 +65,10 @@ def seal(
 
 
 def _checkpoint(
-    position: int, count: int, chain: bytes, events: list[tuple[int, str]],
+    position: int,
+    count: int,
+    chain: bytes,
+    events: list[tuple[int, str]],
     key: Ed25519PrivateKey,
 ) -> Checkpoint:
     return sign(Checkpoint(position, count, chain.hex(), tuple(events)), key)

@@ -56,8 +56,12 @@ class _Demand:
     open: dict[UUID, str] = field(default_factory=dict)  # request -> service, in flight
 
 
-def simulate(events: Iterable[Any], specs: Iterable[ServiceSpec], interval: float,
-             on_event: Callable[[], None] | None = None) -> list[ServiceOutcome]:
+def simulate(
+    events: Iterable[Any],
+    specs: Iterable[ServiceSpec],
+    interval: float,
+    on_event: Callable[[], None] | None = None,
+) -> list[ServiceOutcome]:
     services: dict[str, ServiceView] = {}
     pending_specs = {spec.id: spec for spec in specs}
     cluster = InstantCluster(services)
@@ -74,7 +78,8 @@ def simulate(events: Iterable[Any], specs: Iterable[ServiceSpec], interval: floa
         obs = Observation(
             demand={name: float(count) for name, count in demand.inflight.items()},
             waiting={name: len(times) for name, times in demand.waiting.items()},
-            last_demand_at=demand.last_at, pass_interval=interval,
+            last_demand_at=demand.last_at,
+            pass_interval=interval,
         )
         cluster.act(plan(services, obs, at, rng), at)
         for name, arrivals in demand.waiting.items():
@@ -110,10 +115,14 @@ def simulate(events: Iterable[Any], specs: Iterable[ServiceSpec], interval: floa
         else:
             _leave(services, demand, event.originator_id, now)
     return [
-        ServiceOutcome(name, demand.requests[name], recorded_started[name],
-                       cluster.started[name],
-                       (cluster.job_seconds[name] + cluster.running_seconds(name, now)) / 3600.0,
-                       waits[name])
+        ServiceOutcome(
+            name,
+            demand.requests[name],
+            recorded_started[name],
+            cluster.started[name],
+            (cluster.job_seconds[name] + cluster.running_seconds(name, now)) / 3600.0,
+            waits[name],
+        )
         for name in sorted(services)
     ]
 

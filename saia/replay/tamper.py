@@ -60,28 +60,38 @@ class _Lookahead:
 
 
 def check_chain(
-    log: EventLog, path: Path, key: Ed25519PublicKey,
+    log: EventLog,
+    path: Path,
+    key: Ed25519PublicKey,
     on_batch: Callable[[int], None] | None = None,
 ) -> ChainReport:
     events = _Lookahead(notifications(log, on_batch=on_batch))
     chain, count = GENESIS, 0
     for number, checkpoint in enumerate(read(path), start=1):
         if not signature_valid(checkpoint, key):
-            return ChainReport(Finding(checkpoint.position,
-                                       f"checkpoint {number} has no valid signature"), count, 0)
+            return ChainReport(
+                Finding(checkpoint.position, f"checkpoint {number} has no valid signature"),
+                count,
+                0,
+            )
         for index, (expected_id, expected_leaf) in enumerate(checkpoint.events):
             found = events.peek()
             if found is None or found.id != expected_id or leaf(found).hex() != expected_leaf:
-                following = checkpoint.events[index + 1] if index + 1 < len(checkpoint.events) \
-                    else None
-                return ChainReport(_classify(expected_id, expected_leaf, following, events),
-                                   count, 0)
+                following = (
+                    checkpoint.events[index + 1] if index + 1 < len(checkpoint.events) else None
+                )
+                return ChainReport(
+                    _classify(expected_id, expected_leaf, following, events), count, 0
+                )
             chain = link(chain, found)
             events.take()
             count += 1
         if chain.hex() != checkpoint.link or count != checkpoint.count:
-            return ChainReport(Finding(checkpoint.position,
-                                       "chain link differs from the signed checkpoint"), count, 0)
+            return ChainReport(
+                Finding(checkpoint.position, "chain link differs from the signed checkpoint"),
+                count,
+                0,
+            )
     unsealed = 0
     while events.take() is not None:
         unsealed += 1
@@ -89,7 +99,9 @@ def check_chain(
 
 
 def _classify(
-    expected_id: int, expected_leaf: str, following: tuple[int, str] | None,
+    expected_id: int,
+    expected_leaf: str,
+    following: tuple[int, str] | None,
     events: _Lookahead,
 ) -> Finding:
     found, after = events.peek(), events.peek(1)
@@ -99,8 +111,10 @@ def _classify(
     def same(event: Notification | None, sealed: tuple[int, str] | None) -> bool:
         return event is not None and sealed is not None and leaf(event).hex() == sealed[1]
 
-    if following is not None and same(found, following) and same(
-        after, (expected_id, expected_leaf)
+    if (
+        following is not None
+        and same(found, following)
+        and same(after, (expected_id, expected_leaf))
     ):
         return Finding(expected_id, f"events reordered: {expected_id} and {following[0]} swapped")
     if same(found, following):
@@ -108,6 +122,7 @@ def _classify(
     if same(after, (expected_id, expected_leaf)):
         return Finding(found.id, "event inserted")
     if found.id != expected_id:
-        return Finding(min(found.id, expected_id),
-                       f"expected event {expected_id}, found event {found.id}")
+        return Finding(
+            min(found.id, expected_id), f"expected event {expected_id}, found event {found.id}"
+        )
     return Finding(expected_id, "event changed")

@@ -32,9 +32,7 @@ def job_aggregate_id(job: str) -> UUID:
         return job_id(job)
 
 
-def timeline(
-    log: EventLog, job: str, on_batch: Callable[[int], None] | None = None
-) -> list[Step]:
+def timeline(log: EventLog, job: str, on_batch: Callable[[int], None] | None = None) -> list[Step]:
     wanted = job_aggregate_id(job)
     steps: list[Step] = []
     first: datetime | None = None
@@ -48,7 +46,15 @@ def timeline(
         at = when(event)
         first = first or at
         previous = previous or at
-        steps.append(Step(notification.id, kind(event), at, (at - previous).total_seconds(),
-                          (at - first).total_seconds(), fields(event)))
+        steps.append(
+            Step(
+                notification.id,
+                kind(event),
+                at,
+                (at - previous).total_seconds(),
+                (at - first).total_seconds(),
+                fields(event),
+            )
+        )
         previous = at
     return steps
