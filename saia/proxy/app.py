@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Scope
 
 from saia.demand import DemandTracker
 from saia.proxy.backend import Backend, Headers
 from saia.proxy.errors import ProxyError, error_body, error_response
-from saia.proxy.exchange import Exchange
+from saia.proxy.exchange import Exchange, WholeAnswer
 from saia.proxy.intake import SERVICE_HEADER, Intake, by_header, parse, read_body
 from saia.proxy.keys import KeyChecker, bearer
 from saia.proxy.limits import RateLimiter
@@ -31,6 +33,7 @@ ROUTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 DROPPED_RESPONSE_HEADERS = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server"}
 )
+LENGTH = frozenset({"content-length"})
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -102,12 +105,11 @@ def create_app(
             await upstream.close()
             router.release(intake.service, job)
             raise
-        meter = Meter(streaming=intake.streaming)
-        return StreamingResponse(
-            exchange.relay(upstream, meter),
-            status_code=upstream.status,
-            headers=response_headers(upstream.headers, intake.streaming) | limit_headers,
-        )
+        body = exchange.relay(upstream, Meter(streaming=intake.streaming))
+        headers = response_headers(upstream.headers, intake.streaming) | limit_headers
+        if not intake.streaming:
+            return WholeAnswer(body, status_code=upstream.status, headers=headers)
+        return StreamingResponse(body, status_code=upstream.status, headers=headers)
 
     async def prometheus(request: Request) -> Response:
         with hub.lock:
@@ -147,13 +149,21 @@ async def waiting_stream(exchange: Exchange) -> AsyncIterator[bytes]:
 
 async def read_intake(request: Request, settings: ProxySettings) -> tuple[str, Intake]:
     """The path to forward (query included) and the checked request."""
-    path = request.url.path
+    path = request.scope["path"]
     raw = await read_body(request, settings.max_body_bytes)
     if path in ROUTED_PATHS:
         intake = parse(path, raw, settings.include_usage)
     else:
         intake = by_header(request.method, request.headers.get(SERVICE_HEADER), raw)
-    return (f"{path}?{request.url.query}" if request.url.query else path), intake
+    return as_sent(request.scope), intake
+
+
+def as_sent(scope: Scope) -> str:
+    """The path and query as the client sent them, still percent-encoded, to pass on."""
+    raw_path = scope.get("raw_path")
+    path = raw_path.decode("latin-1") if raw_path else quote(scope["path"])
+    query = scope.get("query_string", b"").decode("latin-1")
+    return f"{path}?{query}" if query else path
 
 
 def authenticate(request: Request, settings: ProxySettings, keys: KeyChecker | None) -> str:
@@ -184,7 +194,9 @@ def backend_headers(request: Request) -> Headers:
 
 
 def response_headers(upstream: Headers, streaming: bool) -> dict[str, str]:
-    headers = {k: v for k, v in upstream if k.lower() not in DROPPED_RESPONSE_HEADERS}
+    """A whole answer keeps its Content-Length (its body goes on as it is); a stream is chunked."""
+    dropped = DROPPED_RESPONSE_HEADERS if streaming else DROPPED_RESPONSE_HEADERS - LENGTH
+    headers = {k: v for k, v in upstream if k.lower() not in dropped}
     if streaming:
         headers.update(SSE_HEADERS)
     return headers

@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Mapping
 from concurrent.futures import Future
+from contextlib import aclosing
 from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
 import anyio
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from saia.domain.request import Request
 from saia.domain.state import JobView
@@ -152,7 +155,7 @@ class Exchange:
         finally:
             self.router.leave_queue(service, routed)
 
-    async def relay(self, upstream: UpstreamResponse, meter: Meter) -> AsyncIterator[bytes]:
+    async def relay(self, upstream: UpstreamResponse, meter: Meter) -> AsyncGenerator[bytes, None]:
         """The upstream body as it comes; the end recorded however it comes."""
         status = CLIENT_GONE  # unless the loop below ends otherwise
         chunks = aiter(upstream.chunks)
@@ -180,3 +183,31 @@ class Exchange:
             assert self.job is not None
             self.router.release(self.intake.service, self.job)
             self.finish(status, meter)
+
+
+class WholeAnswer(Response):
+    """A non-streamed answer, passed on as the job sends it.
+
+    Starlette's StreamingResponse watches for a client that leaves in a task of its
+    own, an anyio task group a request: about a tenth of the proxy's CPU. A whole
+    answer is complete when its headers come and goes on in microseconds, so it does
+    without the watch: a client that leaves in those microseconds is recorded with the
+    job's status instead of 499. Streams, which last, keep StreamingResponse.
+    """
+
+    def __init__(
+        self, body: AsyncGenerator[bytes, None], status_code: int, headers: Mapping[str, str]
+    ) -> None:
+        self.body_iterator = body
+        self.status_code = status_code
+        self.background = None
+        self.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                            for k, v in headers.items()]  # fmt: skip
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with aclosing(self.body_iterator) as body:
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})  # fmt: skip
+            async for chunk in body:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -155,6 +155,7 @@ async def echo_request(scope: Scope, receive: Receive, send: Send) -> None:
     """A job that answers with what it was asked: method, path, query and body."""
     message = await receive()
     answer = orjson.dumps({"method": scope["method"], "path": scope["path"],
+                           "raw_path": scope["raw_path"].decode(),
                            "query": scope["query_string"].decode(),
                            "body": message.get("body", b"").decode()})  # fmt: skip
     await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -162,14 +163,18 @@ async def echo_request(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def test_other_paths_are_routed_by_the_inference_service_header(proxy: Proxy) -> None:
-    """A /v1 path without a model in the body goes, as it is, to the service its header names."""
+    """A /v1 path without a model in the body goes, as it is, to the service its header names.
+
+    As it is: percent-encoded as the client sent it, query included."""
     with serving(echo_request) as port:
         proxy.hub.add_job(SERVICE, port)
         headers = {"inference-service": SERVICE}
         got = httpx.post(f"{proxy.url}/v1/audio/x?lang=de", headers=headers, content=b"raw")
-        assert got.json() == {"method": "POST", "path": "/v1/audio/x", "query": "lang=de",
-                              "body": "raw"}  # fmt: skip
+        assert got.json() == {"method": "POST", "path": "/v1/audio/x", "raw_path": "/v1/audio/x",
+                              "query": "lang=de", "body": "raw"}  # fmt: skip
         assert httpx.get(f"{proxy.url}/v1/files", headers=headers).json()["method"] == "GET"
+        encoded = httpx.get(f"{proxy.url}/v1/files/a%20b%2Fc?q=%C3%A4", headers=headers).json()
+        assert (encoded["raw_path"], encoded["query"]) == ("/v1/files/a%20b%2Fc", "q=%C3%A4")
     missing = httpx.get(f"{proxy.url}/v1/files")
     assert missing.status_code == 400
     assert missing.json()["error"]["code"] == "missing_service"

@@ -29,3 +29,10 @@ def test_a_small_answer_does_not_wait_for_a_delayed_ack(ready: Proxy) -> None:
             client.post("/v1/chat/completions", json=BODY).raise_for_status()
             seconds.append(time.perf_counter() - started)
     assert statistics.median(seconds) < 0.030
+
+
+def test_a_whole_answer_keeps_its_length(ready: Proxy) -> None:
+    """A non-streamed answer goes on with the job's Content-Length, not re-chunked."""
+    answer = httpx.post(f"{ready.url}/v1/chat/completions", json=BODY)
+    assert answer.headers["content-length"] == str(len(answer.content))
+    assert "transfer-encoding" not in answer.headers
