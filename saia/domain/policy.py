@@ -77,10 +77,24 @@ def backoff_until(service: ServiceView) -> float | None:
 
 def slots(service: ServiceView, draining: Collection[UUID] = ()) -> list[JobView]:
     """Jobs that hold a slot; ``draining`` adds jobs whose drain is being decided now."""
-    active = {
-        job.id: job for job in service.jobs.values() if not job.draining and job.id not in draining
+    active = [job for job in service.jobs.values() if not job.draining and job.id not in draining]
+    return _holding_slots(active, service.jobs)
+
+
+def _holding_slots(active: list[JobView], jobs: Mapping[UUID, JobView]) -> list[JobView]:
+    """Of the active jobs, all but replacements whose predecessor is active too."""
+    predecessors = [(job, jobs.get(job.replaces)) for job in active if job.replaces is not None]
+    if not predecessors:
+        return active
+    # Jobs are told apart by identity here and in _successors: a UUID hashes in
+    # Python and lives in its own objects, which planning need not touch otherwise.
+    active_ids = {id(job) for job in active}
+    waiting = {
+        id(job)
+        for job, previous in predecessors
+        if previous is not None and id(previous) in active_ids
     }
-    return [job for job in active.values() if job.replaces is None or job.replaces not in active]
+    return [job for job in active if id(job) not in waiting] if waiting else active
 
 
 def target(service: ServiceView, obs: Observation, now: float) -> int:
@@ -108,20 +122,27 @@ def plan(
     ports = live_ports(services.values())
     actions: list[Action] = []
     for service in services.values():
-        actions.extend(_plan_service(service, obs, now, rng, ports))
+        _plan_service(service, obs, now, rng, ports, actions)
     return actions
 
 
 def _plan_service(
-    service: ServiceView, obs: Observation, now: float, rng: random.Random, ports: set[int]
-) -> list[Action]:
+    service: ServiceView,
+    obs: Observation,
+    now: float,
+    rng: random.Random,
+    ports: set[int],
+    actions: list[Action],
+) -> None:
+    """Append the service's actions to ``actions``."""
     spec = service.spec
-    actions: list[Action] = []
-    draining: dict[UUID, float] = {}  # job -> since when, including drains decided now
+    jobs = service.jobs
+    active: list[JobView] = []  # neither draining nor drained now
+    draining: list[tuple[JobView, float]] = []  # since when, including drains decided now
 
     def drain(job: JobView, reason: DrainReason) -> None:
         actions.append(Drain(job.id, reason))
-        draining[job.id] = now
+        draining.append((job, now))
 
     can_submit = obs.slurm_available and not service.retired
     until = backoff_until(service)
@@ -136,29 +157,33 @@ def _plan_service(
         token = f"{rng.getrandbits(64):016x}"
         actions.append(Submit(spec.id, port, token, spec.walltime, reason, replaces))
 
-    jobs = list(service.jobs.values())
-    replaced = {job.replaces: job for job in jobs if job.replaces is not None}
+    successors = _successors(jobs)
     lead = service.lead_time() + obs.pass_interval
 
-    for job in jobs:
+    for job in jobs.values():
         if job.draining:
-            draining[job.id] = job.draining_at if job.draining_at is not None else now
+            draining.append((job, job.draining_at if job.draining_at is not None else now))
             continue
+        reason: DrainReason | None = None
         if service.retired:
-            drain(job, DrainReason.RETIRED)
+            reason = DrainReason.RETIRED
         elif _unready_too_long(job, spec, now):
-            drain(job, DrainReason.UNREADY)
+            reason = DrainReason.UNREADY
         elif job.phase is Phase.READY and job.failed_probes >= spec.unhealthy_after:
-            drain(job, DrainReason.UNHEALTHY)
-        elif job.expiry is not None:
-            successor = replaced.get(job.id)
+            reason = DrainReason.UNHEALTHY
+        elif (expiry := job.expiry) is not None:
+            successor = successors.get(id(job))
             if successor is None:
-                if job.expiry - now <= lead and can_submit:
+                if expiry - now <= lead and can_submit:
                     submit("walltime", replaces=job.id)
             elif successor.phase is Phase.READY:
-                drain(job, DrainReason.EXPIRING)
+                reason = DrainReason.EXPIRING
+        if reason is None:
+            active.append(job)
+        else:
+            drain(job, reason)
 
-    current = slots(service, draining)
+    current = _holding_slots(active, jobs)
     wanted = target(service, obs, now)
     if wanted > len(current) and can_submit:
         for _ in range(wanted - len(current)):
@@ -167,11 +192,18 @@ def _plan_service(
         for job in sorted(current, key=_surplus_order)[: len(current) - wanted]:
             drain(job, DrainReason.SURPLUS)
 
-    for job_id, since in draining.items():
-        job = service.jobs[job_id]
+    for job, since in draining:
         if _should_cancel(job, since, spec, obs, now):
-            actions.append(Cancel(job_id, job.draining or "drained"))
-    return actions
+            actions.append(Cancel(job.id, job.draining or "drained"))
+
+
+def _successors(jobs: Mapping[UUID, JobView]) -> dict[int, JobView]:
+    """Each replaced job's replacement (the last one, if several), by the replaced job's id()."""
+    found: dict[int, JobView] = {}
+    for job in jobs.values():
+        if job.replaces is not None and (previous := jobs.get(job.replaces)) is not None:
+            found[id(previous)] = job
+    return found
 
 
 def _unready_too_long(job: JobView, spec: ServiceSpec, now: float) -> bool:
@@ -187,9 +219,12 @@ def _cooled_down(service: ServiceView, now: float) -> bool:
     return last is None or now - last >= service.spec.cooldown
 
 
+_SURPLUS_RANK = {Phase.REQUESTED: 0, Phase.SUBMITTED: 0, Phase.RUNNING: 1, Phase.READY: 2}
+
+
 def _surplus_order(job: JobView) -> tuple[int, float]:
     """Give up first what serves least: not yet started, then not ready, then nearest expiry."""
-    rank = {Phase.REQUESTED: 0, Phase.SUBMITTED: 0, Phase.RUNNING: 1, Phase.READY: 2}[job.phase]
+    rank = _SURPLUS_RANK[job.phase]
     expiry = job.expiry if job.expiry is not None else 0.0
     return rank, expiry
 

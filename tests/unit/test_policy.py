@@ -145,6 +145,24 @@ def test_old_job_drains_once_its_replacement_is_ready() -> None:
     assert not any(isinstance(a, Submit) for a in actions)
 
 
+def test_a_replacement_holds_no_slot_while_the_job_it_replaces_does() -> None:
+    """Demand for two beside a replaced job and its replacement submits one more job."""
+    old = job(started=NOW - 3500)
+    new = job(replaces=old.id, started=NOW - 10, port=20001, phase=Phase.RUNNING)
+    view = with_jobs(service(lead_time=300, maximum_number_instances=3), old, new)
+    actions = run(view, demand={"svc": 2.0})
+    assert kinds(actions) == ["Submit"] and actions[0].reason == "demand"
+
+
+def test_a_replacement_takes_the_slot_of_a_job_drained_in_the_same_pass() -> None:
+    """An unhealthy job with a replacement on its way drains; nothing more is submitted."""
+    sick = job(failed_probes=3)
+    new = job(replaces=sick.id, started=NOW - 10, port=20001, phase=Phase.RUNNING)
+    view = with_jobs(service(unhealthy_after=3, minimum_number_instances=1), sick, new)
+    actions = run(view)
+    assert kinds(actions) == ["Drain", "Cancel"] and actions[0].job == sick.id
+
+
 def test_job_unready_past_the_ready_timeout_is_replaced() -> None:
     """A job running but not ready after ready_timeout is drained, cancelled and replaced."""
     stuck = job(Phase.RUNNING, started=NOW - 901)
