@@ -7,7 +7,6 @@ planning for thousands of jobs is cheap arithmetic.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -45,9 +44,7 @@ class JobView:
     @property
     def routable(self) -> bool:
         """Ready, not draining and not being cancelled: new requests may go here."""
-        return (
-            self.phase is Phase.READY and not self.draining and self.cancel_requested_at is None
-        )
+        return self.phase is Phase.READY and not self.draining and self.cancel_requested_at is None
 
 
 @dataclass(slots=True)
@@ -75,7 +72,3 @@ class ServiceView:
 
     def lead_time(self) -> float:
         return max(self.spec.lead_time, self.learned_lead_time())
-
-
-def live_ports(services: Iterable[ServiceView]) -> set[int]:
-    return {job.port for service in services for job in service.jobs.values()}
