@@ -18,7 +18,11 @@ measured in the same run, interleaved with it, as the median of a few repeats:
   ProjectionRunner, against merely reading and decoding the same rows
   (select_notifications and mapper.to_domain_event). Target: at least a third.
 - planning: saia.domain.policy.plan for 1,000 services of 10 jobs: under 50 ms,
-  and 1,000 services within 12 times 100 services (linear would be 10).
+  and 1,000 services within 12 times 100 services (linear would be 10). Each
+  timed call starts with the CPU's L2 cache cleared, as a controller pass finds
+  it after its other work: called back to back on one input, 100 services
+  (0.6 MB) stay in a 1 MB L2 cache and 1,000 (6 MB) do not, and the ratio then
+  measures that cache as much as plan(). That warm ratio is printed too.
 
 Prints a table and exits 1 if a target is missed.
 """
@@ -57,6 +61,8 @@ from saia.projections.service_state import ServiceState
 from saia.recording import GroupCommitter
 
 REPO = Path(__file__).resolve().parents[1]
+# Written before each timed plan() call: larger than any current core's L2 cache.
+CACHE_CLEARING_BYTES = 8 << 20
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 PRODUCERS = 64
 RAW_ROWS_PER_TRANSACTION = 100
@@ -81,7 +87,7 @@ class Row:
     baseline: str
     ratio: str
     target: str
-    met: bool
+    met: bool | None  # None: shown for comparison, not a target
 
 
 def median_of(repeats: int, *measures: Callable[[], float]) -> list[float]:
@@ -374,12 +380,20 @@ def plan_inputs(services: int, now: float) -> tuple[dict[str, ServiceView], Obse
     return views, Observation(demand=demand, waiting=waiting)
 
 
-def plan_ms(services: int, repeats: int) -> float:
+def clear_caches(scratch: bytearray) -> None:
+    """Write one byte in every 64-byte line of a buffer larger than the L2 cache."""
+    scratch[::64] = bytes(len(scratch) // 64)
+
+
+def plan_ms(services: int, repeats: int, cold: bool) -> float:
     now = 1_800_000_000.0
     views, observation = plan_inputs(services, now)
+    scratch = bytearray(CACHE_CLEARING_BYTES if cold else 0)
     timings = []
     for _ in range(repeats):
         rng = random.Random(7)
+        if cold:
+            clear_caches(scratch)
         started = time.perf_counter()
         plan(views, observation, now, rng)
         timings.append((time.perf_counter() - started) * 1000)
@@ -387,23 +401,32 @@ def plan_ms(services: int, repeats: int) -> float:
 
 
 def planning_rows(size: Size) -> list[Row]:
-    small, large = median_of(
-        3, lambda: plan_ms(100, size.plan_repeats), lambda: plan_ms(1000, size.plan_repeats)
+    repeats = size.plan_repeats
+    small, large, warm_small, warm_large = median_of(
+        3,
+        lambda: plan_ms(100, repeats, cold=True), lambda: plan_ms(1000, repeats, cold=True),
+        lambda: plan_ms(100, repeats, cold=False), lambda: plan_ms(1000, repeats, cold=False),
     )
     return [
         Row("plan 1,000 services x 10 jobs", f"{large:.1f} ms", "-", "-", "< 50 ms", large < 50),
         Row("plan growth 1,000 vs 100", f"{large:.1f} ms", f"{small:.2f} ms (100)",
-            f"{large / small:.1f}x", "<= 12x", large / small <= 12),
+            f"{large / small:.2f}x", "<= 12x", large / small <= 12),
+        Row("  the same, caches warm", f"{warm_large:.1f} ms", f"{warm_small:.2f} ms (100)",
+            f"{warm_large / warm_small:.2f}x", "-", None),
     ]
 
 
 # -- report -----------------------------------------------------------------------------
 
 
+def _verdict(met: bool | None) -> str:
+    return "" if met is None else "met" if met else "MISSED"
+
+
 def print_table(rows: list[Row]) -> None:
     header = ("measurement", "figure", "baseline (same run)", "ratio", "target", "")
     cells = [header] + [
-        (r.name, r.figure, r.baseline, r.ratio, r.target, "met" if r.met else "MISSED")
+        (r.name, r.figure, r.baseline, r.ratio, r.target, _verdict(r.met))
         for r in rows
     ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
@@ -428,7 +451,7 @@ def main() -> int:
         workdir.cleanup()
     print()
     print_table(rows)
-    return 0 if all(row.met for row in rows) else 1
+    return 0 if all(row.met is not False for row in rows) else 1
 
 
 if __name__ == "__main__":
