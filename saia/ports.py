@@ -60,4 +60,6 @@ class ProbeResult:
 
 
 class Prober(Protocol):
-    def probe(self, targets: Sequence[ProbeTarget], timeout: float) -> dict[UUID, ProbeResult]: ...
+    def probe(self, targets: Sequence[ProbeTarget], timeout: float) -> dict[UUID, ProbeResult]:
+        """A result for each target probed; none for one that could not be (a link down)."""
+        ...

@@ -32,9 +32,14 @@ class RemoteProber:
         workers = min(len(targets), self.max_concurrency)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="saia-probe") as pool:
             results = pool.map(lambda target: self._probe_one(target, timeout), targets)
-            return {target.job: result for target, result in zip(targets, results, strict=True)}
+            return {
+                target.job: result
+                for target, result in zip(targets, results, strict=True)
+                if result is not None
+            }
 
-    def _probe_one(self, target: ProbeTarget, timeout: float) -> ProbeResult:
+    def _probe_one(self, target: ProbeTarget, timeout: float) -> ProbeResult | None:
+        """The job's answer; None when the link failed, which says nothing of the job."""
         started = time.perf_counter()
         if not target.slurm_job_id:
             return ProbeResult(False, 0.0, "no Slurm job id to probe through the login node")
@@ -42,8 +47,10 @@ class RemoteProber:
             answer = self.link.run(
                 f"probe {target.slurm_job_id} {target.path}", timeout=timeout + OVERHEAD
             )
-        except LinkError as error:
-            return ProbeResult(False, time.perf_counter() - started, f"link: {error}")
+        except LinkError:
+            # An outage of the link must not count against every job, or its end
+            # would find them all replaced; the controller probes again next pass.
+            return None
         if answer.exit_code != 0:
             said = answer.stderr.decode("utf-8", "replace").strip()[:200]
             return ProbeResult(False, time.perf_counter() - started, f"refused: {said}")

@@ -39,8 +39,9 @@ def test_each_target_is_one_probe_verb_and_its_json_answer() -> None:
     assert sorted(link.commands) == ["probe 11 /health", "probe 12 /v1/models"]
 
 
-def test_refusals_link_failures_and_garbage_are_failed_probes_not_exceptions() -> None:
-    """Nothing a probe meets escapes as an exception: each becomes a failed result."""
+def test_refusals_and_garbage_are_failed_probes_and_a_link_failure_no_result() -> None:
+    """Nothing a probe meets escapes as an exception. What the login node refused or
+    garbled is a failed probe; a link failure says nothing of the job: no result."""
     refused, down, garbage, unnamed = target("21"), target("22"), target("23"), target("")
     link = FakeLink({
         "probe 21 /health": Completed(77, b"", b"saia-entrypoint: not one of saia's jobs\n"),
@@ -49,7 +50,7 @@ def test_refusals_link_failures_and_garbage_are_failed_probes_not_exceptions() -
     })
     results = RemoteProber(link).probe([refused, down, garbage, unnamed], timeout=1.0)
     assert "not one of saia's jobs" in results[refused.job].error
-    assert "link" in results[down.job].error
+    assert down.job not in results
     assert results[garbage.job].error == "unreadable probe answer"
     assert "no Slurm job id" in results[unnamed.job].error
     assert not any(result.ok for result in results.values())
