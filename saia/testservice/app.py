@@ -11,9 +11,11 @@ import orjson
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from saia.testservice import shapes, streaming
 from saia.testservice.generate import count_tokens, echo_reply, embed, encode_embedding_base64
@@ -40,6 +42,27 @@ class Settings:
     exit_process: Callable[[int], None] = field(default=os._exit)
 
 
+@dataclass
+class ServedCount:
+    """Requests that reached the model routes: tests prove with it that a request the
+    proxy refused never got this far."""
+
+    requests: int = 0
+
+
+class CountModelRequests:
+    """Plain ASGI, so that counting costs the benchmarks' baseline next to nothing."""
+
+    def __init__(self, app: ASGIApp, served: ServedCount) -> None:
+        self.app = app
+        self.served = served
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            self.served.requests += 1
+        await self.app(scope, receive, send)
+
+
 class JsonResponse(Response):
     media_type = "application/json"
 
@@ -49,6 +72,7 @@ class JsonResponse(Response):
 
 def create_app(settings: Settings) -> Starlette:
     started_at = shapes.now()
+    served = ServedCount()
 
     async def health(request: Request) -> Response:
         return JsonResponse({"status": "ok"})
@@ -98,6 +122,9 @@ def create_app(settings: Settings) -> Starlette:
         prompt_tokens = count_tokens(embedding.inputs)
         return JsonResponse(shapes.embedding_list(settings.model, encoded, prompt_tokens))
 
+    async def admin_stats(request: Request) -> Response:
+        return JsonResponse({"requests": served.requests})
+
     async def admin_exit(request: Request) -> Response:
         """Make the process die, to simulate a service failing inside a running job."""
         raw = await request.body()
@@ -124,7 +151,9 @@ def create_app(settings: Settings) -> Starlette:
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/admin/exit", admin_exit, methods=["POST"]),
+            Route("/admin/stats", admin_stats, methods=["GET"]),
         ],
+        middleware=[Middleware(CountModelRequests, served=served)],
         exception_handlers={
             RequestError: _request_error_response,
             HTTPException: _http_error_response,

@@ -491,3 +491,13 @@ def test_startup_delay_keeps_port_closed_and_admin_exit_ends_process(tmp_path: P
         assert process.wait(timeout=5) == 3
     finally:
         stop_service(process)
+
+
+def test_admin_stats_counts_the_requests_that_reached_the_model_routes(
+    client: TestClient,
+) -> None:
+    """Model routes are counted, answered or refused; health and admin routes are not."""
+    client.get("/health")
+    client.get("/v1/models")
+    client.post("/v1/chat/completions", json={"model": "nope", "messages": []})
+    assert client.get("/admin/stats").json() == {"requests": 2}
