@@ -16,6 +16,7 @@ from saia.domain.errors import JobNotFound
 from saia.domain.job import Job
 from saia.domain.link import LINK_ID, Link
 from saia.projections.accounting import Accounting
+from saia.projections.api_keys import ApiKeys
 from saia.projections.runner import ProjectionRunner
 from saia.projections.service_state import ServiceState
 
@@ -31,9 +32,12 @@ class Hub:
         self.log = EventLog(store)
         self.state = ServiceState()
         self.accounting = Accounting()
-        self.runner = ProjectionRunner(self.log, [self.state, self.accounting])
-        # Projections are read by the proxy and written by the controller's thread.
+        self.keys = ApiKeys()
+        self.runner = ProjectionRunner(self.log, [self.state, self.accounting, self.keys])
+        # The projections are written by one thread at a time (the controller's, which
+        # reads them without this lock) and read by the proxy's, which holds it.
         self.lock = threading.RLock()
+        self._refreshing = threading.Lock()
         self._closers: list[Callable[[], None]] = []
 
     def on_close(self, closer: Callable[[], None]) -> None:
@@ -41,8 +45,9 @@ class Hub:
         self._closers.append(closer)
 
     def refresh(self) -> int:
-        with self.lock:
-            return self.runner.catch_up()
+        """Bring the projections up to the log; the proxy waits only while events apply."""
+        with self._refreshing:
+            return self.runner.catch_up(guard=self.lock)
 
     def job(self, job_id: UUID) -> Job:
         try:

@@ -8,6 +8,7 @@ applies it to each projection. A fresh runner rebuilds from the start.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Protocol
 
 from saia.adapters.store import EventLog
@@ -25,8 +26,17 @@ class ProjectionRunner:
         self.projections = list(projections)
         self.position = 0
 
-    def catch_up(self, on_batch: Callable[[int], None] | None = None) -> int:
-        """Apply everything recorded since the last call; returns how many events."""
+    def catch_up(
+        self,
+        on_batch: Callable[[int], None] | None = None,
+        guard: AbstractContextManager[object] | None = None,
+    ) -> int:
+        """Apply everything recorded since the last call; returns how many events.
+
+        Each batch is read outside ``guard`` and applied inside it, so readers of
+        the projections wait for the applying only, never for the store.
+        """
+        guard = guard if guard is not None else nullcontext()
         applied = 0
         to_domain_event = self.log.mapper.to_domain_event
         appliers = [p.apply for p in self.projections]
@@ -36,10 +46,11 @@ class ProjectionRunner:
             )
             if not batch:
                 return applied
-            for notification in batch:
-                event = to_domain_event(notification)
-                for apply in appliers:
-                    apply(event)
+            events = [to_domain_event(notification) for notification in batch]
+            with guard:
+                for event in events:
+                    for apply in appliers:
+                        apply(event)
             self.position = batch[-1].id
             applied += len(batch)
             if on_batch is not None:
