@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from saia.adapters.lock import FileLock
@@ -18,6 +20,8 @@ from saia.controller import Controller
 from saia.demand import DemandTracker
 from saia.hub import Hub
 from saia.ports import Prober, Slurm
+from saia.proxy.backend import Backend, HttpBackend
+from saia.proxy.session_backend import ReconnectingSession, SessionBackend
 
 
 def hub_for(config: Config) -> Hub:
@@ -66,22 +70,39 @@ def ssh_link(ssh: SshSettings, hub: Hub) -> SshLink:
     return link
 
 
-def cluster_access(config: Config, hub: Hub) -> tuple[Slurm, Prober]:
-    """Slurm and probes over the SSH link (hub placement), or on this host (login node)."""
+@dataclass(frozen=True, slots=True)
+class ClusterAccess:
+    """How this hub reaches the cluster: Slurm and probes for the controller, and the
+    proxy's way to the jobs."""
+
+    slurm: Slurm
+    prober: Prober
+    backend: Callable[[], Backend]  # a new one for each event loop that serves requests
+
+
+def cluster_access(config: Config, hub: Hub) -> ClusterAccess:
+    """Over the SSH link (hub placement), or on this host (login node)."""
     if config.placement is Placement.LOGIN_NODE:
-        return local_slurm(config), HttpProber()
+        return ClusterAccess(local_slurm(config), HttpProber(), HttpBackend)
     assert config.ssh is not None  # config.parse requires [ssh] for hub placement
     link = ssh_link(config.ssh, hub)
     link.wait_up(timeout=10.0)  # a first pass with the link still connecting is wasted
-    return RemoteSlurm(link), RemoteProber(link)
+
+    def session_backend() -> Backend:
+        return SessionBackend(ReconnectingSession(lambda: link.open_channel("session")))
+
+    return ClusterAccess(RemoteSlurm(link), RemoteProber(link), session_backend)
 
 
-def controller_for(config: Config, hub: Hub, demand: DemandTracker | None = None) -> Controller:
-    slurm, prober = cluster_access(config, hub)
+def controller_for(
+    config: Config, hub: Hub, access: ClusterAccess | None = None,
+    demand: DemandTracker | None = None,
+) -> Controller:  # fmt: skip
+    access = access if access is not None else cluster_access(config, hub)
     return Controller(
         hub,
-        slurm,
-        prober,
+        access.slurm,
+        access.prober,
         config.controller,
         clock=time.time,
         rng=random.SystemRandom(),

@@ -149,6 +149,28 @@ class SshLink:
                 self._drop(transport, str(error))
             raise
 
+    def open_channel(self, command: str, timeout: float = 10.0) -> paramiko.Channel:
+        """A new channel running ``command`` (the ``session`` verb), for the caller to keep.
+
+        Blocks for a round trip: call it from a worker thread. LinkDown if the link
+        is down or the channel cannot be opened; nothing was run then.
+        """
+        with self._lock:
+            transport, reason = self._transport, self._down_reason
+        if transport is None:
+            raise LinkDown(f"SSH link to {self._where()} is down: {reason}")
+        channel: paramiko.Channel | None = None
+        try:
+            channel = transport.open_session(timeout=timeout)
+            channel.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as error:
+            if channel is not None:
+                channel.close()
+            if not transport.is_active():
+                self._drop(transport, _why(error))
+            raise LinkDown(f"cannot open a channel: {_why(error)}") from None
+        return channel
+
     # -- the keep-alive thread ----------------------------------------------------------
 
     def _maintain(self) -> None:
