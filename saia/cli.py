@@ -12,16 +12,20 @@ import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import orjson
 from rich.console import Console
 from rich.table import Table
 
 from saia import bootstrap, catalog, config, settings
+from saia.adapters.store import EventLog
 from saia.controller import describe, run
 from saia.domain.errors import DomainError
 from saia.domain.spec import ServiceSpec
 from saia.hub import Hub
+from saia.proxy import key_commands
+from saia.serve import Serving
 from saia.status import report
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -82,6 +86,22 @@ def _parser(default_config: Path) -> argparse.ArgumentParser:
     tick.set_defaults(run=_tick)
     controller = commands.add_parser("controller", help="run controller passes until stopped")
     controller.set_defaults(run=_controller)
+    serve = commands.add_parser("serve", help="the OpenAI-compatible API and the controller")
+    serve.set_defaults(run=_serve)
+
+    keys = commands.add_parser("keys", help="issue, revoke or list API keys")
+    key_verbs = keys.add_subparsers(required=True, metavar="VERB")
+    issue = key_verbs.add_parser("issue", help="a new key for USER, printed once")
+    issue.add_argument("user")
+    issue.add_argument("--label", default="", help="what the key is for")
+    issue.set_defaults(run=_keys_issue)
+    revoke = key_verbs.add_parser("revoke", help="revoke a key by its id (see 'keys list')")
+    revoke.add_argument("key_id")
+    revoke.add_argument("--reason", default="revoked by an operator")
+    revoke.set_defaults(run=_keys_revoke)
+    listing = key_verbs.add_parser("list", help="the keys, without their secrets")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(run=_keys_list)
 
     service = commands.add_parser("service", help="add, edit or remove a service")
     verbs = service.add_subparsers(required=True, metavar="VERB")
@@ -144,8 +164,11 @@ def _status(args: argparse.Namespace) -> int:
             for job in row["jobs"]
         )
         table.add_row(
-            row["service"], row["status"], f"{row['minimum']}-{row['maximum']}",
-            str(row["inflight"]), jobs or "-",
+            row["service"],
+            row["status"],
+            f"{row['minimum']}-{row['maximum']}",
+            str(row["inflight"]),
+            jobs or "-",
         )
     Console().print(table)
     return 0
@@ -181,6 +204,66 @@ def _controller(args: argparse.Namespace) -> int:
         run(controller, bootstrap.controller_lock(cfg), stop)
     finally:
         hub.close()
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    return Serving(config.load(args.config)).run()
+
+
+def _key_log(args: argparse.Namespace) -> EventLog:
+    """Only the log: keys need none of the Hub's projections."""
+    return EventLog(config.load(args.config).store)
+
+
+def _keys_issue(args: argparse.Namespace) -> int:
+    log = _key_log(args)
+    try:
+        key_id, key = key_commands.issue(log, args.user, args.label, time.time())
+    finally:
+        log.close()
+    print(f"issued key {key_id} for {args.user}; it is shown this once:", file=sys.stderr)
+    print(key)
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    try:
+        key_id = UUID(args.key_id)
+    except ValueError:
+        raise config.ConfigError("command line", f"not a key id: {args.key_id!r}") from None
+    log = _key_log(args)
+    try:
+        key_commands.revoke(log, key_id, args.reason, time.time())
+    except key_commands.KeyNotFound as error:
+        print(f"saia: {error}", file=sys.stderr)
+        return 1
+    finally:
+        log.close()
+    print(f"revoked key {key_id}")
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    log = _key_log(args)
+    try:
+        keys = key_commands.listing(log)
+    finally:
+        log.close()
+    if args.json:
+        rows = [
+            {"id": str(view.id), "user": view.user, "label": view.label,
+             "issued_at": view.issued_at, "revoked": view.revoked}
+            for view in keys
+        ]  # fmt: skip
+        sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    table = Table("id", "user", "label", "issued (UTC)", "revoked")
+    for view in keys:
+        issued = time.strftime("%Y-%m-%d %H:%M", time.gmtime(view.issued_at))
+        table.add_row(str(view.id), view.user, view.label, issued,
+                      "yes" if view.revoked else "")  # fmt: skip
+    Console().print(table)
     return 0
 
 

@@ -11,15 +11,16 @@ from __future__ import annotations
 import json
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from saia.adapters.store import PostgresStore, SqliteStore, StoreSettings
 from saia.domain.errors import InvalidSpec
 from saia.domain.reconcile import UnknownJobPolicy
 from saia.domain.spec import ServiceSpec
+from saia.proxy.settings import ProxySettings
 
 
 class ConfigError(ValueError):
@@ -74,6 +75,17 @@ class SshSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Listen:
+    """Where ``saia serve`` accepts clients: ``host`` and ``port`` of the [proxy] table."""
+
+    host: str = "127.0.0.1"  # behind a gateway or TLS terminator on the same host
+    port: int = 8000
+
+
+LISTEN_KEYS = frozenset({"host", "port"})
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     store: StoreSettings
@@ -81,6 +93,8 @@ class Config:
     services: tuple[ServiceSpec, ...] = ()
     placement: Placement = Placement.HUB
     ssh: SshSettings | None = None
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    listen: Listen = field(default_factory=Listen)
 
     def sbatch_dir(self) -> Path:
         return _relative_to(self.path, self.controller.sbatch_dir)
@@ -99,13 +113,15 @@ def load(path: Path) -> Config:
 
 
 def parse(path: Path, data: Mapping[str, Any]) -> Config:
-    _only(path, data, {"placement", "store", "controller", "ssh", "services"}, "")
+    _only(path, data, {"placement", "store", "controller", "proxy", "ssh", "services"}, "")
     try:
         placement = Placement(data.get("placement", Placement.HUB.value))
     except ValueError:
         raise ConfigError(path, "must be 'hub' or 'login-node'", field="placement") from None
     store = _store(path, _table(path, data, "store"))
-    controller = _controller(path, _table(path, data, "controller"))
+    controller = _settings(path, _table(path, data, "controller"), ControllerSettings, "controller")
+    proxy_table = _table(path, data, "proxy")
+    proxy, listen = _proxy(path, proxy_table), _listen(path, proxy_table)
     ssh = _ssh(path, _table(path, data, "ssh")) if "ssh" in data else None
     if placement is Placement.HUB and ssh is None:
         raise ConfigError(path, "hub placement needs an [ssh] table", field="ssh")
@@ -114,14 +130,24 @@ def parse(path: Path, data: Mapping[str, Any]) -> Config:
         raise ConfigError(path, "'services' must be an array of tables ([[services]])")
     services = services_from(path, raw_services)
     return Config(
-        path=path, store=store, controller=controller, services=services,
-        placement=placement, ssh=ssh,
+        path=path,
+        store=store,
+        controller=controller,
+        services=services,
+        placement=placement,
+        ssh=ssh,
+        proxy=proxy,
+        listen=listen,
     )
 
 
 def _ssh(path: Path, data: Mapping[str, Any]) -> SshSettings:
-    _only(path, data, {"host", "port", "user", "key_file", "known_hosts_file",
-                       "keepalive_interval"}, "ssh")
+    _only(
+        path,
+        data,
+        {"host", "port", "user", "key_file", "known_hosts_file", "keepalive_interval"},
+        "ssh",
+    )
     for required in ("host", "user", "key_file", "known_hosts_file"):
         if required not in data:
             raise ConfigError(path, "missing", field=f"ssh.{required}")
@@ -194,32 +220,61 @@ def _store(path: Path, data: Mapping[str, Any]) -> StoreSettings:
     raise ConfigError(path, message, field="store.backend")
 
 
-def _controller(path: Path, data: Mapping[str, Any]) -> ControllerSettings:
-    defaults = ControllerSettings()
-    _only(path, data, set(ControllerSettings.__slots__), "controller")
+def _listen(path: Path, data: Mapping[str, Any]) -> Listen:
+    defaults = Listen()
+    port = data.get("port", defaults.port)
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise ConfigError(path, "must be a port number", field="proxy.port")
+    return Listen(host=_str(path, data, "host", defaults.host, "proxy"), port=port)
+
+
+def _proxy(path: Path, data: Mapping[str, Any]) -> ProxySettings:
+    knobs = {key: value for key, value in data.items() if key not in LISTEN_KEYS}
+    settings = _settings(path, knobs, ProxySettings, "proxy")
+    for name in ("max_body_bytes", "connect_attempts"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(path, "must be at least 1", field=f"proxy.{name}")
+    return settings
+
+
+S = TypeVar("S", ControllerSettings, ProxySettings)
+
+
+def _settings(path: Path, data: Mapping[str, Any], kind: type[S], table: str) -> S:
+    """A settings dataclass from a table: each value checked against its default's type."""
+    defaults = kind()
+    names = {f.name for f in fields(kind)}
+    _only(path, data, names, table)
     values: dict[str, Any] = {}
-    for name in ControllerSettings.__slots__:
-        if name not in data:
-            continue
-        value, default = data[name], getattr(defaults, name)
-        where = f"controller.{name}"
-        if isinstance(default, float):
-            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(path, "must be a positive number", field=where)
-            value = float(value)
-        elif isinstance(default, UnknownJobPolicy):
-            try:
-                value = UnknownJobPolicy(value)
-            except ValueError:
-                raise ConfigError(path, "must be 'adopt' or 'cancel'", field=where) from None
-        elif isinstance(default, tuple):
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(path, "must be a list of strings", field=where)
-            value = tuple(value)
-        elif not isinstance(value, str):
-            raise ConfigError(path, "must be a string", field=where)
-        values[name] = value
-    return ControllerSettings(**values)
+    for name, value in data.items():
+        values[name] = _setting(path, value, getattr(defaults, name), f"{table}.{name}")
+    return kind(**values)
+
+
+def _setting(path: Path, value: Any, default: Any, where: str) -> Any:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(path, "must be true or false", field=where)
+    elif isinstance(default, float):
+        if not number or value <= 0:
+            raise ConfigError(path, "must be a positive number", field=where)
+        value = float(value)
+    elif isinstance(default, int):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(path, "must be a whole number, 0 or more", field=where)
+    elif isinstance(default, UnknownJobPolicy):
+        try:
+            value = UnknownJobPolicy(value)
+        except ValueError:
+            raise ConfigError(path, "must be 'adopt' or 'cancel'", field=where) from None
+    elif isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(path, "must be a list of strings", field=where)
+        value = tuple(value)
+    elif not isinstance(value, str):
+        raise ConfigError(path, "must be a string", field=where)
+    return value
 
 
 def _table(path: Path, data: Mapping[str, Any], name: str) -> Mapping[str, Any]:

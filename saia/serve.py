@@ -1,0 +1,108 @@
+"""``saia serve``: the proxy, the controller and the link to the cluster in one process.
+
+The proxy (uvicorn, on the main thread's event loop) and the controller (its
+own thread, pass after pass) share the Hub's live projections and one
+DemandTracker: requests waiting for a service with no ready job count as its
+demand and wake the controller at once. The controller's thread is the only
+one that brings the projections up to the log, so API keys issued or revoked
+by ``saia keys`` in another process take effect within one controller pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import uvicorn
+
+from saia import bootstrap
+from saia.adapters.lock import FileLock
+from saia.config import Config
+from saia.controller import Controller, run
+from saia.demand import DemandTracker
+from saia.proxy.app import create_app
+from saia.proxy.keys import KeyChecker
+from saia.recording import GroupCommitter
+
+log = logging.getLogger(__name__)
+
+
+class ControllerThread:
+    """Controller passes beside the proxy; a crash stops the whole process, so that a
+    supervisor restarts it rather than the proxy serving on with nobody scaling."""
+
+    def __init__(
+        self, controller: Controller, lock: FileLock, on_crash: Callable[[], None]
+    ) -> None:
+        self._controller = controller
+        self._lock = lock
+        self._on_crash = on_crash
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="saia-controller", daemon=True)
+        self.crashed = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._controller.wake()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            run(self._controller, self._lock, self._stop)
+        except BaseException:
+            log.exception("the controller stopped")
+            self.crashed = True
+            self._on_crash()
+
+
+class Serving:
+    """The whole hub, built from a configuration; ``run`` it, ``stop`` it from elsewhere."""
+
+    def __init__(self, config: Config) -> None:
+        self.hub = bootstrap.hub_for(config)
+        try:
+            access = bootstrap.cluster_access(config, self.hub)
+            self.demand = DemandTracker()
+            self.controller = bootstrap.controller_for(config, self.hub, access, self.demand)
+            self.recorder = GroupCommitter(self.hub.log)
+        except BaseException:
+            self.hub.close()
+            raise
+        keys = KeyChecker(lambda: self.hub.keys.keys)
+        app = create_app(self.hub, self.demand, self.recorder, access.backend(), config.proxy,
+                         self.controller.wake, keys)  # fmt: skip
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=config.listen.host,
+                port=config.listen.port,
+                lifespan="off",
+                access_log=False,  # every request is an event in the log already
+                log_config=None,  # the root logger's format, set by the CLI
+                timeout_graceful_shutdown=int(config.proxy.shutdown_grace),
+            )
+        )
+        self._passes = ControllerThread(self.controller, bootstrap.controller_lock(config),
+                                        self.stop)  # fmt: skip
+
+    def run(self) -> int:
+        """Serve until SIGINT or SIGTERM (on the main thread) or ``stop``; then close all.
+
+        In-flight requests get ``shutdown_grace`` seconds. Exit status 1 if the
+        server could not start (its port taken, say) or the controller crashed.
+        """
+        self._passes.start()
+        try:
+            self.server.run()
+        finally:
+            self._passes.stop()
+            self.recorder.close()
+            self.hub.close()
+        return 0 if self.server.started and not self._passes.crashed else 1
+
+    def stop(self) -> None:
+        self.server.should_exit = True
