@@ -50,6 +50,12 @@ path = "saia.db"
 interval = 5            # seconds between controller passes
 unknown_jobs = "cancel" # what to do with a saia job in the queue the log does not know
 sbatch_dir = "sbatch"
+
+[proxy]                 # saia serve: the OpenAI-compatible API
+host = "127.0.0.1"      # put TLS (a gateway or reverse proxy) in front of it
+port = 8000
+require_api_key = true  # keys from `saia keys issue USER`; or, behind a gateway that
+                        # authenticates, false and trusted_user_header = "x-consumer-username"
 """
 
 

@@ -11,6 +11,7 @@ from saia.adapters.store import SqliteStore
 from saia.cli import main
 from saia.config import load
 from saia.hub import Hub
+from saia.proxy.keys import KeyChecker
 
 
 def saia(config: Path, *args: str) -> int:
@@ -102,3 +103,33 @@ def test_status_table_renders(config: Path, capsys: pytest.CaptureFixture[str]) 
     capsys.readouterr()
     assert saia(config, "status") == 0
     assert "chat" in capsys.readouterr().out
+
+
+def test_keys_issue_list_and_revoke(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A key is printed once and opens the door until revoked; the listing shows no secret."""
+    config.write_text('placement = "login-node"\n')
+    assert saia(config, "keys", "issue", "alice", "--label", "laptop") == 0
+    key = capsys.readouterr().out.strip()
+    hub = Hub(SqliteStore(str(config.parent / "saia.db")))
+    try:
+        hub.refresh()
+        assert KeyChecker(lambda: hub.keys.keys).user_of(key) == "alice"
+    finally:
+        hub.close()
+
+    assert saia(config, "keys", "list", "--json") == 0
+    listed = capsys.readouterr().out
+    (row,) = json.loads(listed)
+    assert (row["user"], row["label"], row["revoked"]) == ("alice", "laptop", False)
+    assert key.rsplit("-", 1)[-1] not in listed  # the secret is never shown again
+
+    assert saia(config, "keys", "revoke", row["id"]) == 0
+    assert f"revoked key {row['id']}" in capsys.readouterr().out
+    assert saia(config, "keys", "list", "--json") == 0
+    assert json.loads(capsys.readouterr().out)[0]["revoked"] is True
+    assert saia(config, "keys", "list") == 0  # the table renders
+    assert "alice" in capsys.readouterr().out
+
+    assert saia(config, "keys", "revoke", "00000000-0000-0000-0000-000000000000") == 1
+    assert "no API key" in capsys.readouterr().err
+    assert saia(config, "keys", "revoke", "not-an-id") == 2

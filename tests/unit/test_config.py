@@ -86,6 +86,13 @@ def test_hub_placement_is_the_default_and_needs_ssh(tmp_path: Path) -> None:
         ('[store]\nbackend = "mongo"\n', "", "store.backend"),
         ('[store]\npath = 3\n', "", "store.path"),
         ('colour = "blue"\n', "", "colour"),
+        ('[proxy]\nport = 0\n', "", "proxy.port"),
+        ('[proxy]\nrequire_api_key = "yes"\n', "", "proxy.require_api_key"),
+        ('[proxy]\nmax_wait_seconds = 0\n', "", "proxy.max_wait_seconds"),
+        ('[proxy]\nrate_limit_per_minute = -5\n', "", "proxy.rate_limit_per_minute"),
+        ('[proxy]\nconnect_attempts = 0\n', "", "proxy.connect_attempts"),
+        ('[proxy]\ntrusted_user_header = 7\n', "", "proxy.trusted_user_header"),
+        ('[proxy]\nturbo = true\n', "", "proxy.turbo"),
     ],
 )
 def test_errors_name_file_service_and_field(
@@ -101,6 +108,25 @@ def test_errors_name_file_service_and_field(
     assert caught.value.service == service
     assert caught.value.field == field
     assert str(path) in str(caught.value)
+
+
+def test_the_proxy_table_sets_the_listening_address_and_the_proxy_settings(
+    tmp_path: Path,
+) -> None:
+    """[proxy] holds where saia serve listens and the proxy's knobs, typed as their
+    defaults are; what it leaves out keeps its default."""
+    text = ('placement = "login-node"\n[proxy]\nhost = "0.0.0.0"\nport = 9000\n'
+            'require_api_key = true\nmax_wait_seconds = 120\nrate_limit_per_minute = 60\n'
+            'trusted_user_header = "x-consumer-username"\n')  # fmt: skip
+    cfg = load(write(tmp_path, text))
+    assert (cfg.listen.host, cfg.listen.port) == ("0.0.0.0", 9000)
+    assert cfg.proxy.require_api_key is True
+    assert cfg.proxy.max_wait_seconds == 120.0
+    assert cfg.proxy.rate_limit_per_minute == 60
+    assert cfg.proxy.trusted_user_header == "x-consumer-username"
+    assert cfg.proxy.include_usage is True  # not in the file: the default
+    plain = load(write(tmp_path, 'placement = "login-node"\n'))
+    assert (plain.listen.host, plain.listen.port) == ("127.0.0.1", 8000)
 
 
 def test_invalid_toml_and_missing_file_are_config_errors(tmp_path: Path) -> None:
