@@ -11,8 +11,10 @@ by ``saia keys`` in another process take effect within one controller pass.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from collections.abc import Callable
+from types import FrameType
 
 import uvicorn
 
@@ -93,8 +95,15 @@ class Serving:
         """Serve until SIGINT or SIGTERM (on the main thread) or ``stop``; then close all.
 
         In-flight requests get ``shutdown_grace`` seconds. Exit status 1 if the
-        server could not start (its port taken, say) or the controller crashed.
+        controller crashed; if the server cannot start (its port is taken, say),
+        uvicorn exits with its own status, 3.
         """
+        if threading.current_thread() is threading.main_thread():
+            # uvicorn handles SIGINT and SIGTERM while it serves, then restores the
+            # handlers found and raises the signal again. With the default ones, that
+            # would end the process before the last events reach the log.
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, _already_handled)
         self._passes.start()
         try:
             self.server.run()
@@ -106,3 +115,7 @@ class Serving:
 
     def stop(self) -> None:
         self.server.should_exit = True
+
+
+def _already_handled(signum: int, frame: FrameType | None) -> None:
+    log.info("stopped by %s", signal.Signals(signum).name)
