@@ -16,21 +16,13 @@ from psycopg import sql
 
 from saia import config
 from saia.adapters.store import EventLog, PostgresStore
+from tests.contract.postgres import connect, database_in
 from tests.unit.replay_support import GoldenLog, golden_events
 from tests.unit.test_replay_golden import GoldenContract
 from tests.unit.test_replay_reports import ReportsContract
 from tests.unit.test_replay_tamper import TamperContract
 
-PG_VARIABLES = ("SAIA_PG_HOST", "SAIA_PG_PORT", "SAIA_PG_USER", "SAIA_PG_PASSWORD",
-                "SAIA_PG_TEST_DBNAME")
 TABLE = "saia_events"
-
-
-def connect(store: PostgresStore) -> psycopg.Connection[Any]:
-    return psycopg.connect(
-        host=store.host, port=store.port, user=store.user, password=store.password,
-        dbname=store.dbname, autocommit=True,
-    )
 
 
 @pytest.fixture(scope="session")
@@ -39,20 +31,7 @@ def replay_test_db() -> Iterator[PostgresStore]:
 
     Other suites, and other runs of this one, share that database.
     """
-    missing = [name for name in PG_VARIABLES if not os.environ.get(name)]
-    if missing:
-        pytest.skip(
-            f"PostgreSQL test database not configured ({', '.join(missing)} unset): "
-            "run scripts/postgres up and source .dev/postgres/env"
-        )
-    store = PostgresStore(
-        dbname=os.environ["SAIA_PG_TEST_DBNAME"],
-        host=os.environ["SAIA_PG_HOST"],
-        port=int(os.environ["SAIA_PG_PORT"]),
-        user=os.environ["SAIA_PG_USER"],
-        password=os.environ["SAIA_PG_PASSWORD"],
-        schema=f"replay_{os.getpid()}",
-    )
+    store = database_in(f"replay_{os.getpid()}")
     schema = sql.Identifier(store.schema)
     with connect(store) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))

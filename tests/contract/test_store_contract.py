@@ -6,7 +6,6 @@ to reach an empty store, as eventsourcing's own recorder tests do.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,7 +13,6 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
-import psycopg
 import pytest
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError
@@ -30,6 +28,7 @@ from saia.projections.accounting import Accounting
 from saia.projections.runner import ProjectionRunner
 from saia.projections.service_state import ServiceState
 from saia.recording import GroupCommitter
+from tests.contract.postgres import connect, database_in
 
 T0 = datetime(2026, 11, 1, 23, 59, 0, tzinfo=UTC)
 CHAT = ServiceSpec.from_dict({"id": "chat", "sbatch": "vllm.sbatch", "maximum_number_instances": 2})
@@ -283,15 +282,6 @@ class TestSqliteStore(StoreContract):
 # The contract runs in a schema of its own in the test database, so that other
 # suites sharing that database neither see its rows nor empty its tables.
 SCHEMA = "store_contract"
-PG_VARIABLES = ("SAIA_PG_HOST", "SAIA_PG_PORT", "SAIA_PG_USER", "SAIA_PG_PASSWORD",
-                "SAIA_PG_TEST_DBNAME")
-
-
-def connect(store: PostgresStore) -> psycopg.Connection[Any]:
-    return psycopg.connect(
-        host=store.host, port=store.port, user=store.user, password=store.password,
-        dbname=store.dbname, autocommit=True,
-    )
 
 
 def tables(store: PostgresStore) -> set[str]:
@@ -304,20 +294,7 @@ def tables(store: PostgresStore) -> set[str]:
 
 @pytest.fixture(scope="session")
 def postgres_test_db() -> PostgresStore:
-    missing = [name for name in PG_VARIABLES if not os.environ.get(name)]
-    if missing:
-        pytest.skip(
-            f"PostgreSQL test database not configured ({', '.join(missing)} unset): "
-            "run scripts/postgres up and source .dev/postgres/env"
-        )
-    store = PostgresStore(
-        dbname=os.environ["SAIA_PG_TEST_DBNAME"],
-        host=os.environ["SAIA_PG_HOST"],
-        port=int(os.environ["SAIA_PG_PORT"]),
-        user=os.environ["SAIA_PG_USER"],
-        password=os.environ["SAIA_PG_PASSWORD"],
-        schema=SCHEMA,
-    )
+    store = database_in(SCHEMA)
     with connect(store) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
     EventLog(store).close()  # the library creates its tables, types and functions once
