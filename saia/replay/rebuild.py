@@ -12,17 +12,32 @@ from __future__ import annotations
 
 from collections.abc import Callable, Set
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from saia.adapters.store import EventLog, StoreSettings
 from saia.hub import Hub
 from saia.projections.accounting import Accounting
+from saia.projections.api_keys import ApiKeys
 from saia.projections.service_state import ServiceState
 from saia.replay.digest import digest
 from saia.replay.source import recorded
 
 FANOUT = 1000
-PROJECTIONS = ("service state", "accounting")
+PROJECTIONS = ("service state", "accounting", "API keys")
+
+
+class Fingerprinted(Protocol):
+    def apply(self, event: object) -> None: ...
+    def fingerprint(self) -> Any: ...
+
+
+def views(state: ServiceState, accounting: Accounting, keys: ApiKeys) -> dict[str, Fingerprinted]:
+    """The projections by the names a mismatch is reported under."""
+    return dict(zip(PROJECTIONS, (state, accounting, keys), strict=True))
+
+
+def _hub_views(hub: Hub) -> dict[str, Fingerprinted]:
+    return views(hub.state, hub.accounting, hub.keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +63,7 @@ def compare_projections(
         with hub.lock:
             count = hub.runner.catch_up()
             end = hub.runner.position
-            live = {
-                name: digest(_fingerprint(name, hub.state, hub.accounting)) for name in PROJECTIONS
-            }
+            live = {name: digest(view.fingerprint()) for name, view in _hub_views(hub).items()}
         if count == 0:
             return []
         rebuilt, _ = _rebuilt(hub.log, PROJECTIONS, {count}, on_batch)
@@ -61,10 +74,6 @@ def compare_projections(
         ]
     finally:
         hub.close()
-
-
-def _fingerprint(name: str, state: ServiceState, accounting: Accounting) -> Any:
-    return state.fingerprint() if name == "service state" else accounting.fingerprint()
 
 
 def _first_difference(
@@ -96,9 +105,7 @@ class _Sampler:
     def apply(self, event: object) -> None:
         self._count += 1
         if self._count in self._counts:
-            self.digests[self._count] = digest(
-                _fingerprint(self._name, self._hub.state, self._hub.accounting)
-            )
+            self.digests[self._count] = digest(_hub_views(self._hub)[self._name].fingerprint())
 
 
 def _live(store: StoreSettings, name: str, counts: Set[int]) -> dict[int, str]:
@@ -121,15 +128,15 @@ def _rebuilt(
 ) -> tuple[dict[int, dict[str, str]], dict[int, int]]:
     """Digests of the rebuilt views after the given numbers of events, and those events'
     positions."""
-    state, accounting = ServiceState(), Accounting()
+    fresh = views(ServiceState(), Accounting(), ApiKeys())
     digests: dict[int, dict[str, str]] = {}
     positions: dict[int, int] = {}
     last = max(counts)
     for count, r in enumerate(recorded(log, on_batch=on_batch), start=1):
-        state.apply(r.event)
-        accounting.apply(r.event)
+        for view in fresh.values():
+            view.apply(r.event)
         if count in counts:
-            digests[count] = {name: digest(_fingerprint(name, state, accounting)) for name in names}
+            digests[count] = {name: digest(fresh[name].fingerprint()) for name in names}
             positions[count] = r.position
         if count == last:
             break
