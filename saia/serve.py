@@ -82,6 +82,8 @@ class Serving:
                 app,
                 host=config.listen.host,
                 port=config.listen.port,
+                http="httptools",  # C parser; uvicorn's default h11 is pure Python
+                loop="uvloop",
                 lifespan="off",
                 access_log=False,  # every request is an event in the log already
                 log_config=None,  # the root logger's format, set by the CLI

@@ -134,7 +134,8 @@ def serve_proxy(port: int, db: str, fast_port: int, slow_port: int) -> None:
     app = create_app(table, DemandTracker(), recorder, HttpBackend(), ProxySettings(),
                      lambda: None)  # fmt: skip
     try:
-        uvicorn.run(app, host=HOST, port=port, log_level="warning", access_log=False)
+        uvicorn.run(app, host=HOST, port=port, http="httptools", loop="uvloop",
+                    log_level="warning", access_log=False)  # fmt: skip
     finally:
         recorder.close()
         log.close()
