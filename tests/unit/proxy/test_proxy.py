@@ -13,8 +13,9 @@ from starlette.types import Receive, Scope, Send
 
 from saia.demand import DemandTracker
 from saia.domain.job import Phase
+from saia.domain.state import JobView
 from saia.proxy.app import create_app
-from saia.proxy.backend import HttpBackend
+from saia.proxy.backend import Headers, HttpBackend, UpstreamResponse
 from saia.proxy.settings import ProxySettings
 from saia.recording import GroupCommitter
 from tests.unit.proxy.harness import SERVICE, TOKEN_DELAY, Proxy, serving
@@ -178,3 +179,24 @@ def test_other_paths_are_routed_by_the_inference_service_header(proxy: Proxy) ->
     missing = httpx.get(f"{proxy.url}/v1/files")
     assert missing.status_code == 400
     assert missing.json()["error"]["code"] == "missing_service"
+
+
+class Broken:
+    """A backend that fails in a way the proxy does not expect."""
+
+    async def send(self, job: JobView, method: str, path: str, headers: Headers,
+                   body: bytes) -> UpstreamResponse:  # fmt: skip
+        raise RuntimeError("a bug in the backend client")
+
+
+def test_an_unexpected_error_on_a_routed_path_is_500(ready: Proxy) -> None:
+    """Routed POSTs skip Starlette's error middleware; an unexpected error is still a 500."""
+    with GroupCommitter(ready.log) as recorder:
+        app = create_app(ready.hub, DemandTracker(), recorder, Broken(), ProxySettings(),
+                         lambda: None)  # fmt: skip
+        with serving(app) as port:
+            url = f"http://127.0.0.1:{port}/v1/completions"
+            answer = httpx.post(url, json={"model": SERVICE, "prompt": "hi"})
+            health = httpx.get(f"http://127.0.0.1:{port}/health")
+    assert answer.status_code == 500
+    assert health.status_code == 200
