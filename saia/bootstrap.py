@@ -78,6 +78,7 @@ class ClusterAccess:
     slurm: Slurm
     prober: Prober
     backend: Callable[[], Backend]  # a new one for each event loop that serves requests
+    link_up: Callable[[], bool] | None = None  # whether the SSH link is up; None: no link
 
 
 def cluster_access(config: Config, hub: Hub) -> ClusterAccess:
@@ -91,7 +92,8 @@ def cluster_access(config: Config, hub: Hub) -> ClusterAccess:
     def session_backend() -> Backend:
         return SessionBackend(ReconnectingSession(lambda: link.open_channel("session")))
 
-    return ClusterAccess(RemoteSlurm(link), RemoteProber(link), session_backend)
+    return ClusterAccess(RemoteSlurm(link), RemoteProber(link), session_backend,
+                         lambda: link.up)  # fmt: skip
 
 
 def controller_for(

@@ -76,7 +76,7 @@ class Serving:
             raise
         keys = KeyChecker(lambda: self.hub.keys.keys)
         app = create_app(self.hub, self.demand, self.recorder, access.backend(), config.proxy,
-                         self.controller.wake, keys)  # fmt: skip
+                         self.controller.wake, keys, access.link_up)  # fmt: skip
         self.server = uvicorn.Server(
             uvicorn.Config(
                 app,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -19,7 +20,7 @@ from saia.proxy.backend import Backend, Headers
 from saia.proxy.errors import ProxyError, error_body, error_response
 from saia.proxy.exchange import Exchange, WholeAnswer
 from saia.proxy.intake import SERVICE_HEADER, Intake, by_header, parse, read_body
-from saia.proxy.keys import KeyChecker, bearer
+from saia.proxy.keys import KeyChecker, bearer, key_id
 from saia.proxy.limits import RateLimiter
 from saia.proxy.metering import Meter
 from saia.proxy.metrics import ProxyMetrics
@@ -52,9 +53,11 @@ def create_app(
     settings: ProxySettings,
     wake: Callable[[], None],
     keys: KeyChecker | None = None,
+    link_up: Callable[[], bool] | None = None,
 ) -> ASGIApp:
     """``keys`` checks API keys when ``settings.require_api_key``; else the user comes from
-    the trusted header, or is anonymous."""
+    the trusted header, or is anonymous. ``link_up`` tells /metrics whether the SSH link
+    to the login node is up (hub placement)."""
     if settings.require_api_key and keys is None:
         raise ValueError("require_api_key is set but no key checker was given")
     router = Router(hub, demand, settings, wake)
@@ -81,14 +84,15 @@ def create_app(
             return error_response(error)
 
     async def _forward(request: Request) -> Response:
-        user = authenticate(request, settings, keys)  # before the body is even read
-        limit_headers = {} if limiter is None else limiter.take(user)
-        path, intake = await read_intake(request, settings)
-        if not router.knows(intake.service):
-            raise ProxyError(404, f"the model {intake.service!r} does not exist",
-                             "model_not_found")  # fmt: skip
-        exchange = Exchange(intake, user, path, backend_headers(request), router, backend,
-                            recorder, settings, metrics)  # fmt: skip
+        try:
+            caller, limit_headers, path, intake = await admit(request, settings, keys, limiter,
+                                                              router)  # fmt: skip
+        except ProxyError as error:
+            # Counted, not recorded: a flood of bad keys must not be able to fill the log.
+            metrics.refused(error.status)
+            raise
+        exchange = Exchange(intake, caller.user, path, backend_headers(request), router,
+                            backend, recorder, settings, metrics)  # fmt: skip
         exchange.record_start()
         if intake.streaming and router.pick(intake.service, set()) is None:
             await exchange.started_recorded()
@@ -115,6 +119,8 @@ def create_app(
         with hub.lock:
             services = dict(hub.state.services)
             text = metrics.render(router, services)
+        if link_up is not None:
+            text += link_metric(link_up())
         return Response(text, media_type="text/plain; version=0.0.4")
 
     routes = [Route("/health", health), Route("/metrics", prometheus),
@@ -168,6 +174,23 @@ async def waiting_stream(exchange: Exchange) -> AsyncIterator[bytes]:
         yield chunk
 
 
+async def admit(
+    request: Request,
+    settings: ProxySettings,
+    keys: KeyChecker | None,
+    limiter: RateLimiter | None,
+    router: Router,
+) -> tuple[Caller, dict[str, str], str, Intake]:
+    """Who asks, their rate-limit headers, the path and the checked request of a service
+    that exists; or the ProxyError that turns it away before it is routed."""
+    caller = authenticate(request, settings, keys)  # before the body is even read
+    limit_headers = {} if limiter is None else limiter.take(caller.limited_as)
+    path, intake = await read_intake(request, settings)
+    if not router.knows(intake.service):
+        raise ProxyError(404, f"the model {intake.service!r} does not exist", "model_not_found")
+    return caller, limit_headers, path, intake
+
+
 async def read_intake(request: Request, settings: ProxySettings) -> tuple[str, Intake]:
     """The path to forward (query included) and the checked request."""
     path = request.scope["path"]
@@ -187,14 +210,26 @@ def as_sent(scope: Scope) -> str:
     return f"{path}?{query}" if query else path
 
 
-def authenticate(request: Request, settings: ProxySettings, keys: KeyChecker | None) -> str:
+@dataclass(frozen=True, slots=True)
+class Caller:
+    user: str  # whom the request is accounted to
+    limited_as: str  # whose rate limit it counts against: the key's, or the user's
+
+
+def authenticate(request: Request, settings: ProxySettings, keys: KeyChecker | None) -> Caller:
     if keys is None or not settings.require_api_key:
-        return user_of(request, settings)
+        named = user_of(request, settings)
+        return Caller(named, f"user:{named}")
     presented = bearer(request.headers.get("authorization"))
     user = None if presented is None else keys.user_of(presented)
-    if user is None:
+    if presented is None or user is None:
         raise ProxyError(401, "the API key is missing, wrong or revoked", "invalid_api_key")
-    return user
+    return Caller(user, f"key:{key_id(presented)}")
+
+
+def link_metric(up: bool) -> str:
+    return ("# HELP saia_link_up Whether the SSH link to the login node is up.\n"
+            f"# TYPE saia_link_up gauge\nsaia_link_up {int(up)}\n")  # fmt: skip
 
 
 def user_of(request: Request, settings: ProxySettings) -> str:

@@ -49,6 +49,12 @@ def split_key(key: str) -> tuple[UUID, str] | None:
         return None
 
 
+def key_id(key: str) -> str:
+    """The key's id in the clear (never its secret), for a key that passed the check."""
+    parts = split_key(key)
+    return "" if parts is None else parts[0].hex
+
+
 def bearer(authorization: str | None) -> str | None:
     if authorization is None:
         return None

@@ -1,4 +1,5 @@
-"""Per-user rate limits: a burst up to the limit, then 429 with x-ratelimit headers."""
+"""Rate limits per key (or per user without keys): a burst up to the limit, then 429 with
+x-ratelimit headers."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from saia.demand import DemandTracker
 from saia.proxy.app import create_app
 from saia.proxy.backend import HttpBackend
 from saia.proxy.errors import ProxyError
+from saia.proxy.keys import KeyChecker
 from saia.proxy.limits import RateLimiter
 from saia.proxy.settings import ProxySettings
 from saia.recording import GroupCommitter
 from tests.unit.proxy.harness import SERVICE, Proxy, serving
+from tests.unit.proxy.test_proxy_keys import Keyring
 
 
 class Clock:
@@ -51,3 +54,22 @@ def test_over_the_limit_is_429_with_headers_and_never_reaches_the_backend(ready:
     assert answers[0].headers["x-ratelimit-remaining-requests"] == "1"
     assert answers[2].headers["x-ratelimit-limit-requests"] == "2"
     assert answers[2].json()["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_the_limit_is_per_key_when_keys_are_required(ready: Proxy) -> None:
+    """Each key has its own bucket, even two keys of one user."""
+    keyring = Keyring()
+    first, second = keyring.issue("alice"), keyring.issue("alice")
+    settings = ProxySettings(rate_limit_per_minute=1, require_api_key=True)
+    with GroupCommitter(ready.log) as recorder:
+        app = create_app(ready.hub, DemandTracker(), recorder, HttpBackend(), settings,
+                         lambda: None, KeyChecker(lambda: keyring.projection.keys))  # fmt: skip
+        with serving(app) as port:
+            url = f"http://127.0.0.1:{port}/v1/completions"
+            body = {"model": SERVICE, "prompt": "hi"}
+
+            def status(key: str) -> int:
+                headers = {"authorization": f"Bearer {key}"}
+                return httpx.post(url, json=body, headers=headers).status_code
+
+            assert [status(first), status(first), status(second)] == [200, 429, 200]
