@@ -28,6 +28,7 @@ from saia.domain.reconcile import (
     Adopt,
     CancelUnknown,
     Correction,
+    CorrectWalltime,
     MarkEnded,
     MarkNotSubmitted,
     MarkStarted,
@@ -163,6 +164,14 @@ class Controller:
                 self._change(job_id, lambda job: job.submitted(slurm_job_id, at))
             case MarkStarted(job_id, node, started):
                 self._change(job_id, lambda job: job.started(node, utc(started)))
+            case CorrectWalltime(job_id, walltime):
+                job = self._change(job_id, lambda job: job.walltime_seen(walltime, at))
+                spec = self.hub.state.services[job.service].spec
+                log.warning(
+                    "job %s of %s has a time limit of %g min from Slurm, not the %g min of "
+                    "job_expiry_time: its replacement is timed by Slurm's; set them alike",
+                    job.slurm_job_id or job.id, job.service, walltime / 60, spec.walltime / 60,
+                )
             case MarkEnded(job_id, final_state):
                 self._change(job_id, lambda job: job.end(final_state, at))
             case MarkNotSubmitted(job_id, error):

@@ -70,6 +70,12 @@ class Job(Aggregate):
         TOPIC = "saia.Job.Started"
         node: str
 
+    class WalltimeCorrected(Event):
+        """Slurm gave the job another time limit than was asked (the login node's own)."""
+
+        TOPIC = "saia.Job.WalltimeCorrected"
+        walltime: float
+
     class BecameReady(Event):
         TOPIC = "saia.Job.BecameReady"
 
@@ -179,6 +185,17 @@ class Job(Aggregate):
     def _started(self, node: str, timestamp: datetime) -> None:
         self.node = node
         self.phase = Phase.RUNNING
+
+    def walltime_seen(self, walltime: float, at: datetime) -> None:
+        """What Slurm says the job's time limit is; recorded only where it differs."""
+        self._require({Phase.REQUESTED, Phase.SUBMITTED, Phase.RUNNING, Phase.READY},
+                      "change its walltime")  # fmt: skip
+        if walltime != self.walltime:
+            self._walltime_corrected(walltime=walltime, timestamp=at)
+
+    @event(WalltimeCorrected)
+    def _walltime_corrected(self, walltime: float, timestamp: datetime) -> None:
+        self.walltime = walltime
 
     def became_ready(self, at: datetime) -> None:
         self._require({Phase.RUNNING}, "become ready")

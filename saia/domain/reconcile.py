@@ -42,6 +42,14 @@ class MarkStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class CorrectWalltime:
+    """Slurm's time limit for the job, not the one saia asked for: expiry follows Slurm."""
+
+    job: UUID
+    walltime: float
+
+
+@dataclass(frozen=True, slots=True)
 class MarkEnded:
     job: UUID
     final_state: FinalState
@@ -64,7 +72,10 @@ class CancelUnknown:
     why: str
 
 
-Correction = MarkSubmitted | MarkStarted | MarkEnded | MarkNotSubmitted | Adopt | CancelUnknown
+Correction = (
+    MarkSubmitted | MarkStarted | CorrectWalltime | MarkEnded | MarkNotSubmitted | Adopt
+    | CancelUnknown
+)
 
 
 def reconcile(
@@ -79,6 +90,9 @@ def reconcile(
     for service in services.values():
         for job in service.jobs.values():
             seen = by_token.get(job.token)
+            limit = None if seen is None or seen.final is not None else seen.time_limit
+            if limit is not None and limit != job.walltime:
+                corrections.append(CorrectWalltime(job.id, limit))
             if job.phase is Phase.REQUESTED:
                 if seen is not None:
                     corrections.append(MarkSubmitted(job.id, seen.job_id))

@@ -122,6 +122,9 @@ class ServiceState:
             e.originator_id, phase=Phase.RUNNING, node=e.node, started_at=e.timestamp.timestamp()
         )
 
+    def _walltime_corrected(self, e: Job.WalltimeCorrected) -> None:
+        self._update(e.originator_id, walltime=e.walltime)
+
     def _became_ready(self, e: Job.BecameReady) -> None:
         at = e.timestamp.timestamp()
         view, job = self._update(e.originator_id, phase=Phase.READY, ready_at=at, failed_probes=0)
@@ -175,6 +178,7 @@ _HANDLERS: dict[type, Callable[[ServiceState, Any], None]] = {
     Job.Submitted: ServiceState._submitted,
     Job.SubmissionFailed: ServiceState._submission_failed,
     Job.Started: ServiceState._started,
+    Job.WalltimeCorrected: ServiceState._walltime_corrected,
     Job.BecameReady: ServiceState._became_ready,
     Job.Heartbeat: ServiceState._heartbeat,
     Job.Draining: ServiceState._draining,

@@ -39,6 +39,20 @@ def test_job_lifecycle_records_each_step_under_a_stable_topic() -> None:
     ]
 
 
+def test_a_walltime_seen_is_recorded_only_where_it_differs() -> None:
+    """Slurm's time limit replaces the one asked for; the same one records nothing."""
+    job = Job.request("llama", 20001, "abcdef0123456789", 3600.0, T0)
+    job.submitted("42", T0)
+    job.collect_events()
+    job.walltime_seen(3600.0, T0)
+    assert topics(job) == []
+    job.walltime_seen(1800.0, T0)
+    assert job.walltime == 1800.0 and topics(job) == ["saia.Job.WalltimeCorrected"]
+    job.end(FinalState.TIMEOUT, T0)
+    with pytest.raises(InvalidTransition):
+        job.walltime_seen(60.0, T0)
+
+
 def test_job_id_follows_from_its_token() -> None:
     """The token in the Slurm job finds the aggregate again after a crash."""
     job = Job.request("llama", 20001, "abcdef0123456789", 3600.0, T0)

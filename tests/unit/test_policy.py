@@ -15,6 +15,7 @@ from saia.domain.policy import Cancel, Drain, Observation, Submit, plan
 from saia.domain.reconcile import (
     Adopt,
     CancelUnknown,
+    CorrectWalltime,
     MarkEnded,
     MarkNotSubmitted,
     MarkStarted,
@@ -273,6 +274,20 @@ def test_final_state_in_the_queue_ends_the_job() -> None:
     assert reconciled(with_jobs(service(), running), [queued("dddd", SlurmState.TIMEOUT)]) == [
         MarkEnded(running.id, FinalState.TIMEOUT)
     ]
+
+
+def test_a_time_limit_other_than_asked_corrects_the_walltime() -> None:
+    """The login node's time_limit wins over job_expiry_time: expiry follows Slurm's limit.
+    The same limit, an unlimited one, or an ended job correct nothing."""
+    running = job(token="eeee", slurm_job_id="77")  # asked for 3600 s
+    shorter = [queued("eeee", time_limit=1800.0)]
+    assert reconciled(with_jobs(service(), running), shorter) == [
+        CorrectWalltime(running.id, 1800.0)
+    ]
+    for same in (queued("eeee", time_limit=3600.0), queued("eeee", time_limit=None),
+                 queued("eeee", SlurmState.TIMEOUT, time_limit=1800.0)):  # fmt: skip
+        assert not any(isinstance(c, CorrectWalltime)
+                       for c in reconciled(with_jobs(service(), running), [same]))  # fmt: skip
 
 
 @pytest.mark.parametrize("policy", list(UnknownJobPolicy))

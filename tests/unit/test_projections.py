@@ -106,3 +106,16 @@ def test_incremental_updates_equal_a_rebuild(hub: Hub) -> None:
     assert state.fingerprint() == hub.state.fingerprint()
     assert accounting.fingerprint() == hub.accounting.fingerprint()
     assert runner.catch_up() == 0
+
+
+def test_a_corrected_walltime_moves_the_jobs_expiry(hub: Hub) -> None:
+    """Expiry (and so the replacement's timing) follows the time limit Slurm gave."""
+    job = run_job(hub, "ffff000011112222", start=10, end=None)
+    hub.refresh()
+    view = hub.state.job(job.id)
+    assert view is not None and view.expiry == at(10).timestamp() + 3600.0
+    job.walltime_seen(1800.0, at(20))
+    hub.log.save(job)
+    hub.refresh()
+    view = hub.state.job(job.id)
+    assert view is not None and view.expiry == at(10).timestamp() + 1800.0
