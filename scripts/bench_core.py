@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
+from benchtable import Row, print_table
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import StoredEvent
 
@@ -79,15 +80,6 @@ class Size:
 FULL = Size(repeats=5, requests_per_producer=300, log_events=200_000, plan_repeats=21)
 QUICK = Size(repeats=3, requests_per_producer=60, log_events=40_000, plan_repeats=21)
 
-
-@dataclass(frozen=True)
-class Row:
-    name: str
-    figure: str
-    baseline: str
-    ratio: str
-    target: str
-    met: bool | None  # None: shown for comparison, not a target
 
 
 def median_of(repeats: int, *measures: Callable[[], float]) -> list[float]:
@@ -417,23 +409,6 @@ def planning_rows(size: Size) -> list[Row]:
 
 
 # -- report -----------------------------------------------------------------------------
-
-
-def _verdict(met: bool | None) -> str:
-    return "" if met is None else "met" if met else "MISSED"
-
-
-def print_table(rows: list[Row]) -> None:
-    header = ("measurement", "figure", "baseline (same run)", "ratio", "target", "")
-    cells = [header] + [
-        (r.name, r.figure, r.baseline, r.ratio, r.target, _verdict(r.met))
-        for r in rows
-    ]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    for number, row in enumerate(cells):
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-        if number == 0:
-            print("  ".join("-" * width for width in widths))
 
 
 def main() -> int:

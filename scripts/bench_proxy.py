@@ -54,6 +54,7 @@ from uuid import uuid4
 
 import orjson
 import uvicorn
+from benchtable import Row, print_table
 
 from saia.adapters.store import EventLog, SqliteStore
 from saia.demand import DemandTracker
@@ -97,15 +98,6 @@ class Size:
 FULL = Size(latency_pairs=1000, throughput_seconds=3.0, throughput_repeats=3, stream_pairs=20)
 QUICK = Size(latency_pairs=200, throughput_seconds=1.0, throughput_repeats=1, stream_pairs=6)
 
-
-@dataclass(frozen=True)
-class Row:
-    name: str
-    figure: str
-    baseline: str
-    ratio: str
-    target: str
-    met: bool
 
 
 # -- the proxy process -------------------------------------------------------------------
@@ -392,19 +384,6 @@ def stream_rows(direct: list[Answer], proxied: list[Answer]) -> list[Row]:
 
 
 # -- report -----------------------------------------------------------------------------
-
-
-def print_table(rows: list[Row]) -> None:
-    header = ("measurement", "figure", "baseline (same run)", "ratio", "target", "")
-    cells = [header] + [
-        (r.name, r.figure, r.baseline, r.ratio, r.target, "met" if r.met else "MISSED")
-        for r in rows
-    ]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    for number, row in enumerate(cells):
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-        if number == 0:
-            print("  ".join("-" * width for width in widths))
 
 
 def run(size: Size) -> list[Row]:
