@@ -11,7 +11,6 @@ chunk by chunk) or a start-up delay (a cold start is long enough to wait for).
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from saia.proxy import key_commands
 from saia.serve import Serving
 from tests.integration.cluster import REPO, cancel_service_jobs, unique, wait_for
 from tests.integration.test_entrypoint_ssh import Link, write_config
+from tests.net import free_port
 
 TIME_LIMIT_MINUTES = 10  # the login node's time_limit, and the hub's job_expiry_time
 PORT_MIN, PORT_MAX = 20500, 20599  # apart from the other SSH tests' jobs
@@ -87,13 +87,6 @@ def served_by(job: JobView) -> int:
     answer.raise_for_status()
     count: int = answer.json()["requests"]
     return count
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def job_scripts(folder: Path) -> Path:

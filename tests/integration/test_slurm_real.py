@@ -8,7 +8,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from saia.adapters.slurm_local import LocalSlurm, LocalSlurmSettings, SlurmComma
 from saia.domain.job import FinalState
 from saia.domain.slurm import SlurmJob, SlurmState
 from saia.ports import ProbeTarget, SlurmUnavailable, SubmissionRejected, SubmitRequest
+from tests.net import free_port
 
 pytestmark = pytest.mark.slurm
 
@@ -54,14 +54,6 @@ def command(name: str) -> str:
     path = shutil.which(name)
     assert path is not None, f"{name} not on PATH"
     return path
-
-
-def free_port() -> int:
-    # The nodes of the dev cluster are this machine, so a port free here is free there.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 @pytest.fixture(scope="module")

@@ -22,15 +22,9 @@ import pytest
 
 from saia.adapters.lock import FileLock
 from saia.serve import ControllerThread
+from tests.net import free_port
 
 SAIA = str(Path(sys.executable).parent / "saia")  # the installed command
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def write_config(folder: Path, port: int) -> Path:

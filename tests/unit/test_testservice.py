@@ -25,6 +25,7 @@ from starlette.testclient import TestClient
 from saia.testservice import Settings, create_app
 from saia.testservice.__main__ import build_parser
 from saia.testservice.generate import echo_reply, embed
+from tests.net import free_port
 
 # Any: tests index freely into decoded JSON and let a wrong shape fail the assertion.
 JsonObject = dict[str, Any]
@@ -346,13 +347,6 @@ def test_cli_refuses_bad_values(argv: list[str]) -> None:
 
 
 # ---- real process -----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def port_is_open(port: int) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from saia.projections.accounting import Accounting
 from saia.projections.runner import ProjectionRunner
 from saia.projections.service_state import ServiceState
 from saia.proxy.settings import ProxySettings
+from tests.net import free_socket
 
 
 class FakeHub:
@@ -48,23 +48,6 @@ class FakeHub:
         with self.lock:
             jobs = self.state.services[service].jobs
             jobs[job_id] = replace(jobs[job_id], phase=Phase.READY, ready_at=time.time())
-
-
-def free_socket() -> socket.socket:
-    # The protocol number is spelled out: accepted sockets copy it, and asyncio sets
-    # TCP_NODELAY only on sockets whose proto is IPPROTO_TCP. With the default 0,
-    # Nagle holds an answer's body until the client's delayed ACK of its headers (40 ms).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
-def unused_port() -> int:
-    """A port nobody listens on: connections to it are refused."""
-    with free_socket() as sock:
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @contextmanager

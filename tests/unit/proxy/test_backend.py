@@ -13,7 +13,7 @@ import pytest
 from saia.domain.job import Phase
 from saia.domain.state import JobView
 from saia.proxy.backend import BackendUnreachable, HttpBackend, UpstreamResponse
-from tests.unit.proxy.harness import unused_port
+from tests.net import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
@@ -167,7 +167,7 @@ def test_nobody_listening_is_unreachable() -> None:
     async def main() -> None:
         backend = HttpBackend()
         with pytest.raises(BackendUnreachable):
-            await backend.send(job_at(unused_port()), "POST", "/", [], b"{}")
+            await backend.send(job_at(free_port()), "POST", "/", [], b"{}")
 
     asyncio.run(main())
 

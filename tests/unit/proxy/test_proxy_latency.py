@@ -8,7 +8,8 @@ import time
 
 import httpx
 
-from tests.unit.proxy.harness import SERVICE, Proxy, free_socket
+from tests.net import free_socket
+from tests.unit.proxy.harness import SERVICE, Proxy
 
 BODY = {"model": SERVICE, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 

@@ -19,7 +19,8 @@ from saia.proxy.errors import ProxyError
 from saia.proxy.routing import Router
 from saia.proxy.settings import ProxySettings
 from saia.recording import GroupCommitter
-from tests.unit.proxy.harness import SERVICE, FakeHub, Proxy, serving, unused_port
+from tests.net import free_port
+from tests.unit.proxy.harness import SERVICE, FakeHub, Proxy, serving
 
 
 def test_router_picks_the_job_with_fewest_outstanding_requests() -> None:
@@ -55,7 +56,7 @@ def test_full_queue_is_429() -> None:
 
 def test_dead_backend_is_skipped_before_any_byte_was_sent(ready: Proxy) -> None:
     """A backend that refuses connections is retried on another; every request succeeds."""
-    dead = ready.hub.add_job(SERVICE, unused_port())
+    dead = ready.hub.add_job(SERVICE, free_port())
     client = ready.client()
     for _ in range(4):
         answer = client.completions.create(model=SERVICE, prompt="still there?")
@@ -65,7 +66,7 @@ def test_dead_backend_is_skipped_before_any_byte_was_sent(ready: Proxy) -> None:
 
 def test_only_dead_backends_is_502(proxy: Proxy) -> None:
     """When every ready backend refuses connections the request fails with 502."""
-    proxy.hub.add_job(SERVICE, unused_port())
+    proxy.hub.add_job(SERVICE, free_port())
     with pytest.raises(openai.APIStatusError) as caught:
         proxy.client().completions.create(model=SERVICE, prompt="anyone?")
     assert caught.value.status_code == 502

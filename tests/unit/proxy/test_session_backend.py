@@ -14,7 +14,7 @@ from saia.domain.job import Phase
 from saia.domain.state import JobView
 from saia.proxy.backend import BackendUnreachable
 from saia.proxy.session_backend import SessionBackend
-from tests.unit.proxy.harness import unused_port
+from tests.net import free_port
 from tests.unit.test_session import run, session
 
 
@@ -63,7 +63,7 @@ def test_an_unreachable_job_is_retryable(tmp_path: Path, case: str) -> None:
             if case == "not saia's running job":
                 job_id = "424242"
             else:
-                s.slurm.queue[job_id].port = unused_port()
+                s.slurm.queue[job_id].port = free_port()
             backend = SessionBackend(GivenSession(s.client))
             with pytest.raises(BackendUnreachable):
                 await backend.send(job_view(job_id), "POST", "/echo", [], b"{}")
