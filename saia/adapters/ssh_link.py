@@ -138,15 +138,11 @@ class SshLink:
         never a paramiko or socket error. A non-zero exit code is an answer,
         not an error.
         """
-        with self._lock:
-            transport, reason = self._transport, self._down_reason
-        if transport is None:
-            raise LinkDown(f"SSH link to {self._where()} is down: {reason}")
+        transport = self._current()
         try:
             return _execute(transport, command, stdin, timeout)
         except LinkError as error:
-            if not transport.is_active():
-                self._drop(transport, str(error))
+            self._drop_if_dead(transport, str(error))
             raise
 
     def open_channel(self, command: str, timeout: float = 10.0) -> paramiko.Channel:
@@ -155,10 +151,7 @@ class SshLink:
         Blocks for a round trip: call it from a worker thread. LinkDown if the link
         is down or the channel cannot be opened; nothing was run then.
         """
-        with self._lock:
-            transport, reason = self._transport, self._down_reason
-        if transport is None:
-            raise LinkDown(f"SSH link to {self._where()} is down: {reason}")
+        transport = self._current()
         channel: paramiko.Channel | None = None
         try:
             channel = transport.open_session(timeout=timeout)
@@ -166,10 +159,21 @@ class SshLink:
         except (paramiko.SSHException, OSError, EOFError) as error:
             if channel is not None:
                 channel.close()
-            if not transport.is_active():
-                self._drop(transport, _why(error))
+            self._drop_if_dead(transport, _why(error))
             raise LinkDown(f"cannot open a channel: {_why(error)}") from None
         return channel
+
+    def _current(self) -> paramiko.Transport:
+        """The transport in use; LinkDown at once while there is none."""
+        with self._lock:
+            transport, reason = self._transport, self._down_reason
+        if transport is None:
+            raise LinkDown(f"SSH link to {self._where()} is down: {reason}")
+        return transport
+
+    def _drop_if_dead(self, transport: paramiko.Transport, reason: str) -> None:
+        if not transport.is_active():
+            self._drop(transport, reason)
 
     # -- the keep-alive thread ----------------------------------------------------------
 
