@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 
 from saia import bootstrap, catalog, config
 from saia.controller import Controller, PassReport, run
-from saia.domain.state import ServiceView
+from saia.domain.state import JobView, ServiceView
+from saia.hub import Hub
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -85,6 +86,18 @@ def alive(service: str) -> list[str]:
     return [job for job, state in queued(service) if state in ("PENDING", "RUNNING")]
 
 
+def routable(hub: Hub, service: str) -> list[JobView]:
+    """The service's jobs the proxy may route to, as the hub sees them now."""
+    with hub.lock:
+        return list(hub.state.services[service].routing_targets())
+
+
+def recorded_events(hub: Hub, topic: str) -> list[Any]:
+    """Every event of the topic in the hub's log, in order."""
+    found = hub.log.recorder.select_notifications(start=1, limit=1_000_000, topics=[topic])
+    return [hub.log.mapper.to_domain_event(notification) for notification in found]
+
+
 def wait_for(check: Callable[[], T | None], timeout: float, what: str, every: float = 0.2) -> T:
     deadline = time.monotonic() + timeout
     while True:
@@ -130,17 +143,11 @@ class Deployment:
         with self.hub.lock:
             return self.hub.state.services[service]
 
-    def ready(self, service: str) -> list[Any]:
-        with self.hub.lock:
-            return list(self.hub.state.services[service].routing_targets())
+    def ready(self, service: str) -> list[JobView]:
+        return routable(self.hub, service)
 
     def events(self, topic: str) -> list[Any]:
-        found = []
-        for notification in self.hub.log.recorder.select_notifications(
-            start=1, limit=1_000_000, topics=[topic]
-        ):
-            found.append(self.hub.log.mapper.to_domain_event(notification))
-        return found
+        return recorded_events(self.hub, topic)
 
 
 @contextmanager

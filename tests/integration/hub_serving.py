@@ -26,7 +26,14 @@ from saia import catalog, config
 from saia.domain.state import JobView
 from saia.proxy import key_commands
 from saia.serve import Serving
-from tests.integration.cluster import REPO, cancel_service_jobs, unique, wait_for
+from tests.integration.cluster import (
+    REPO,
+    cancel_service_jobs,
+    recorded_events,
+    routable,
+    unique,
+    wait_for,
+)
 from tests.integration.test_entrypoint_ssh import Link, write_config
 from tests.net import free_port
 
@@ -67,14 +74,10 @@ class RunningHub:
         return openai.OpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=timeout)
 
     def ready(self, service: str) -> list[JobView]:
-        hub = self.serving.hub
-        with hub.lock:
-            return list(hub.state.services[service].routing_targets())
+        return routable(self.serving.hub, service)
 
     def events(self, topic: str) -> list[Any]:
-        log = self.serving.hub.log
-        found = log.recorder.select_notifications(start=1, limit=1_000_000, topics=[topic])
-        return [log.mapper.to_domain_event(notification) for notification in found]
+        return recorded_events(self.serving.hub, topic)
 
 
 def auth(key: str) -> dict[str, str]:

@@ -33,7 +33,14 @@ from saia.controller import Controller, PassReport, run
 from saia.domain.spec import ServiceSpec
 from saia.domain.state import JobView
 from saia.hub import Hub
-from tests.integration.cluster import alive, cancel_service_jobs, unique, wait_for
+from tests.integration.cluster import (
+    alive,
+    cancel_service_jobs,
+    recorded_events,
+    routable,
+    unique,
+    wait_for,
+)
 from tests.integration.test_entrypoint_ssh import (  # the entrypoint's config and the key
     Link,
     link,  # noqa: F401 (a fixture, used by name)
@@ -106,13 +113,10 @@ class HubController:
         return self._thread.is_alive()
 
     def ready(self, service: str) -> list[JobView]:
-        with self.hub.lock:
-            return list(self.hub.state.services[service].routing_targets())
+        return routable(self.hub, service)
 
     def events(self, topic: str) -> list[Any]:
-        log = self.hub.log
-        found = log.recorder.select_notifications(start=1, limit=1_000_000, topics=[topic])
-        return [log.mapper.to_domain_event(notification) for notification in found]
+        return recorded_events(self.hub, topic)
 
 
 @contextmanager
