@@ -29,6 +29,10 @@ from saia.recording import GroupCommitter
 
 log = logging.getLogger(__name__)
 
+# How long start-up waits for the controller to check the log against Slurm before
+# requests are let in; beyond it, they are served from what the log says.
+FIRST_PASS_WAIT = 30.0
+
 
 class ControllerThread:
     """Controller passes beside the proxy; a crash stops the whole process, so that a
@@ -43,6 +47,9 @@ class ControllerThread:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="saia-controller", daemon=True)
         self.crashed = False
+        # Set once the first pass is done: until then the projections are the log's
+        # word, which after a restart may still call ready a job Slurm no longer runs.
+        self.first_pass = threading.Event()
 
     def start(self) -> None:
         self._thread.start()
@@ -54,11 +61,13 @@ class ControllerThread:
 
     def _run(self) -> None:
         try:
-            run(self._controller, self._lock, self._stop)
+            run(self._controller, self._lock, self._stop, lambda _: self.first_pass.set())
         except BaseException:
             log.exception("the controller stopped")
             self.crashed = True
             self._on_crash()
+        finally:
+            self.first_pass.set()
 
 
 class Serving:
@@ -96,6 +105,9 @@ class Serving:
     def run(self) -> int:
         """Serve until SIGINT or SIGTERM (on the main thread) or ``stop``; then close all.
 
+        Requests are let in after the controller's first pass, so that no request
+        is routed to a job that ended while the hub was down.
+
         In-flight requests get ``shutdown_grace`` seconds. Exit status 1 if the
         controller crashed; if the server cannot start (its port is taken, say),
         uvicorn exits with its own status, 3.
@@ -107,6 +119,9 @@ class Serving:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(signum, _already_handled)
         self._passes.start()
+        if not self._passes.first_pass.wait(FIRST_PASS_WAIT):
+            log.warning("no controller pass within %g s; serving from the log's state",
+                        FIRST_PASS_WAIT)  # fmt: skip
         try:
             self.server.run()
         finally:

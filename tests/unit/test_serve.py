@@ -14,6 +14,8 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,18 +23,21 @@ import httpx
 import pytest
 
 from saia.adapters.lock import FileLock
+from saia.adapters.store import SqliteStore
+from saia.domain.job import Job
+from saia.hub import Hub
 from saia.serve import ControllerThread
 from tests.net import free_port
 
 SAIA = str(Path(sys.executable).parent / "saia")  # the installed command
 
 
-def write_config(folder: Path, port: int) -> Path:
+def write_config(folder: Path, port: int, slurm_bin: Path | None = None) -> Path:
     path = folder / "saia.toml"
     path.write_text(
         'placement = "login-node"\n'
-        f'[controller]\nslurm_bin = "{folder / "no-slurm"}"\n'
-        f'[proxy]\nport = {port}\nrequire_api_key = true\n'
+        f'[controller]\nslurm_bin = "{slurm_bin or folder / "no-slurm"}"\n'
+        f'[proxy]\nport = {port}\nrequire_api_key = {"false" if slurm_bin else "true"}\n'
         '[[services]]\nid = "chat"\nsbatch = "testservice.sbatch"\n'
     )  # fmt: skip
     return path
@@ -48,6 +53,13 @@ def serving(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, Path]]
     port = free_port()
     config = write_config(tmp_path, port)
     assert saia(config, "init").returncode == 0
+    with serve(config, port) as process:
+        yield process, f"http://127.0.0.1:{port}", config
+
+
+@contextmanager
+def serve(config: Path, port: int) -> Iterator[subprocess.Popen[str]]:
+    """``saia serve`` started, once it answers /health."""
     command = [SAIA, "--config", str(config), "serve"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)  # fmt: skip
@@ -63,7 +75,7 @@ def serving(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, Path]]
                 pass
             assert time.monotonic() < deadline, "saia serve did not listen"
             time.sleep(0.1)
-        yield process, base, config
+        yield process
     finally:
         if process.poll() is None:
             process.kill()
@@ -92,6 +104,34 @@ def test_serve_answers_with_keys_from_the_log_and_stops_cleanly_on_sigterm(
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output
     assert key not in output  # keys are never logged
+
+
+def test_requests_are_let_in_only_after_the_log_is_checked_against_slurm(
+    tmp_path: Path,
+) -> None:
+    """After a restart the log may still call ready a job that ended meanwhile. The
+    first controller pass ends it before any request is let in, so none is routed there.
+    Here squeue takes a second and shows an empty queue."""
+    slurm_bin = tmp_path / "slurm"
+    slurm_bin.mkdir()
+    for name, script in (("squeue", "sleep 1"), ("sbatch", "exit 1"), ("scancel", "exit 0")):
+        (slurm_bin / name).write_text(f"#!/bin/sh\n{script}\n")
+        (slurm_bin / name).chmod(0o755)
+    port = free_port()
+    config = write_config(tmp_path, port, slurm_bin)
+    assert saia(config, "init").returncode == 0
+    hub = Hub(SqliteStore(str(tmp_path / "saia.db")))
+    at = datetime.now(UTC)
+    job = Job.request("chat", free_port(), "abcdef0123456789", 3600.0, at)
+    job.submitted("99", at)
+    job.started("127.0.0.1", at)
+    job.became_ready(at)
+    hub.log.save(job)
+    hub.close()
+
+    with serve(config, port):
+        (model,) = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).json()["data"]
+    assert model["status"] == "offline"
 
 
 def test_a_taken_port_ends_serve_with_an_error(tmp_path: Path) -> None:
