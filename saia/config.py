@@ -151,9 +151,7 @@ def _ssh(path: Path, data: Mapping[str, Any]) -> SshSettings:
     for required in ("host", "user", "key_file", "known_hosts_file"):
         if required not in data:
             raise ConfigError(path, "missing", field=f"ssh.{required}")
-    port = data.get("port", 22)
-    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-        raise ConfigError(path, "must be a port number", field="ssh.port")
+    port = _port(path, data, 22, "ssh")
     interval = data.get("keepalive_interval", 15.0)
     if not isinstance(interval, int | float) or isinstance(interval, bool) or interval <= 0:
         raise ConfigError(path, "must be a positive number", field="ssh.keepalive_interval")
@@ -206,9 +204,7 @@ def _store(path: Path, data: Mapping[str, Any]) -> StoreSettings:
         return SqliteStore(str(db))
     if backend == "postgres":
         _only(path, data, {"backend", "dbname", "host", "port", "user", "password"}, "store")
-        port = data.get("port", 5432)
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-            raise ConfigError(path, "must be a port number", field="store.port")
+        port = _port(path, data, 5432, "store")
         return PostgresStore(
             dbname=_str(path, data, "dbname", "saia", "store"),
             host=_str(path, data, "host", "127.0.0.1", "store"),
@@ -222,9 +218,7 @@ def _store(path: Path, data: Mapping[str, Any]) -> StoreSettings:
 
 def _listen(path: Path, data: Mapping[str, Any]) -> Listen:
     defaults = Listen()
-    port = data.get("port", defaults.port)
-    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-        raise ConfigError(path, "must be a port number", field="proxy.port")
+    port = _port(path, data, defaults.port, "proxy")
     return Listen(host=_str(path, data, "host", defaults.host, "proxy"), port=port)
 
 
@@ -289,6 +283,13 @@ def _only(path: Path, data: Mapping[str, Any], allowed: set[str], table: str) ->
         if key not in allowed:
             where = f"{table}.{key}" if table else key
             raise ConfigError(path, "unknown setting", field=where)
+
+
+def _port(path: Path, data: Mapping[str, Any], default: int, table: str) -> int:
+    port = data.get("port", default)
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise ConfigError(path, "must be a port number", field=f"{table}.port")
+    return port
 
 
 def _str(path: Path, data: Mapping[str, Any], key: str, default: str, table: str) -> str:
