@@ -118,9 +118,7 @@ def create_app(
     async def prometheus(request: Request) -> Response:
         with hub.lock:
             services = dict(hub.state.services)
-            text = metrics.render(router, services)
-        if link_up is not None:
-            text += link_metric(link_up())
+            text = metrics.render(router, services, None if link_up is None else link_up())
         return Response(text, media_type="text/plain; version=0.0.4")
 
     routes = [Route("/health", health), Route("/metrics", prometheus),
@@ -225,11 +223,6 @@ def authenticate(request: Request, settings: ProxySettings, keys: KeyChecker | N
     if presented is None or user is None:
         raise ProxyError(401, "the API key is missing, wrong or revoked", "invalid_api_key")
     return Caller(user, f"key:{key_id(presented)}")
-
-
-def link_metric(up: bool) -> str:
-    return ("# HELP saia_link_up Whether the SSH link to the login node is up.\n"
-            f"# TYPE saia_link_up gauge\nsaia_link_up {int(up)}\n")  # fmt: skip
 
 
 def user_of(request: Request, settings: ProxySettings) -> str:

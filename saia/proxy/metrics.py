@@ -40,7 +40,10 @@ class ProxyMetrics:
             counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
             self._sums[service] = self._sums.get(service, 0.0) + seconds
 
-    def render(self, router: Router, services: Mapping[str, ServiceView]) -> str:
+    def render(
+        self, router: Router, services: Mapping[str, ServiceView], link_up: bool | None = None
+    ) -> str:
+        """``link_up``: whether the SSH link to the login node is up; None: there is none."""
         lines = [
             "# HELP saia_requests_total Requests answered or refused, by service and status.",
             "# TYPE saia_requests_total counter",
@@ -68,6 +71,9 @@ class ProxyMetrics:
             lines.append(f"saia_request_seconds_sum{{{label}}} {sums[service]}")
             lines.append(f"saia_request_seconds_count{{{label}}} {total}")
         lines += _gauges(router, services)
+        if link_up is not None:
+            lines += ["# HELP saia_link_up Whether the SSH link to the login node is up.",
+                      "# TYPE saia_link_up gauge", f"saia_link_up {int(link_up)}"]  # fmt: skip
         return "\n".join(lines) + "\n"
 
 
