@@ -94,15 +94,16 @@ def create_app(
         exchange = Exchange(intake, caller.user, path, backend_headers(request), router,
                             backend, recorder, settings, metrics)  # fmt: skip
         exchange.record_start()
-        if intake.streaming and router.pick(intake.service, set()) is None:
-            await exchange.started_recorded()
-            return StreamingResponse(waiting_stream(exchange), media_type="text/event-stream",
-                                     headers=SSE_HEADERS)  # fmt: skip
         try:
-            job, upstream = await exchange.route()
+            routed = await (exchange.try_route() if intake.streaming else exchange.route())
         except ProxyError as error:
             exchange.reject(error)
             raise
+        if routed is None:  # a stream with no job to go to yet: it waits, and says so
+            await exchange.started_recorded()
+            return StreamingResponse(waiting_stream(exchange), media_type="text/event-stream",
+                                     headers=SSE_HEADERS)  # fmt: skip
+        job, upstream = routed
         try:
             await exchange.started_recorded()
         except ProxyError:

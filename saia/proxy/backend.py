@@ -29,6 +29,10 @@ class BackendUnreachable(Exception):
         self.reason = reason
 
 
+class LinkDown(BackendUnreachable):
+    """The way to every job is down (the SSH link, say), not this job: no job is to blame."""
+
+
 class BackendClosed(Exception):
     """The job closed the connection before the status line of its answer."""
 

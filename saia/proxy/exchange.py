@@ -23,7 +23,13 @@ from starlette.types import Receive, Scope, Send
 
 from saia.domain.request import Request
 from saia.domain.state import JobView
-from saia.proxy.backend import Backend, BackendUnreachable, Headers, UpstreamResponse
+from saia.proxy.backend import (
+    Backend,
+    BackendUnreachable,
+    Headers,
+    LinkDown,
+    UpstreamResponse,
+)
 from saia.proxy.errors import ProxyError, error_body
 from saia.proxy.intake import Intake
 from saia.proxy.metering import Meter
@@ -74,6 +80,8 @@ class Exchange:
         self.job: JobView | None = None
         self.request = Request.start(self.id, user, intake.service, "", len(intake.body), now())
         self._started: asyncio.Future[None] | None = None
+        self._tried: set[UUID] = set()  # jobs that refused this request
+        self._attempts = 0
 
     def record_start(self) -> None:
         try:
@@ -116,26 +124,41 @@ class Exchange:
             logger.error("the end of request %s is not recorded: %s", self.id, future.exception())
 
     async def route(self) -> tuple[JobView, UpstreamResponse]:
-        """A routable job that accepted the request; waits in the queue if there is none."""
+        """A routable job that accepted the request; waits in the queue while there is none."""
+        routed = await self._route(wait=True)
+        assert routed is not None, "a wait ends with a job or a ProxyError"
+        return routed
+
+    async def try_route(self) -> tuple[JobView, UpstreamResponse] | None:
+        """As route(), but None where it would wait: a stream waits in a way of its own."""
+        return await self._route(wait=False)
+
+    async def _route(self, wait: bool) -> tuple[JobView, UpstreamResponse] | None:
         service = self.intake.service
-        tried: set[UUID] = set()
-        for _ in range(self.settings.connect_attempts):
-            job = self.router.pick(service, tried)
-            waited = False
-            if job is None and not tried:
-                job = await self._wait(service)
-                waited = True
+        while self._attempts < self.settings.connect_attempts:
+            job = self.router.pick(service, self._tried)
+            waited = job is None
             if job is None:
-                break
+                if not wait:
+                    return None
+                # Nothing routable (left): a cold start, or every job refused. The jobs
+                # that refused are set aside for a while, then may be tried again.
+                job = await self._wait(service)
+            self._attempts += 1
             self.router.acquire(service, job, was_waiting=waited)
             try:
                 upstream = await self.backend.send(
                     job, self.intake.method, self.path, self.headers, self.intake.body
                 )
-            except BackendUnreachable as error:
-                logger.warning("request %s: %s; trying another backend", self.id, error)
+            except LinkDown as error:
                 self.router.release(service, job)
-                tried.add(job.id)
+                raise ProxyError(502, f"the jobs of {service!r} cannot be reached now: "
+                                 f"{error.reason}", "backend_unreachable") from None  # fmt: skip
+            except BackendUnreachable as error:
+                logger.warning("request %s: %s; it is set aside", self.id, error)
+                self.router.release(service, job)
+                self.router.set_aside(job)
+                self._tried.add(job.id)
                 continue
             except BaseException:
                 self.router.release(service, job)
@@ -148,7 +171,7 @@ class Exchange:
         self.router.enter_queue(service)
         routed = False
         try:
-            deadline = time.monotonic() + self.settings.max_wait_seconds
+            deadline = self.arrived + self.settings.max_wait_seconds
             job = await self.router.wait_for_target(service, deadline)
             routed = True
             return job

@@ -1,5 +1,6 @@
-"""Which job answers: least outstanding requests among the ready, non-draining jobs,
-and the bounded per-service queue of requests that wait for the first one."""
+"""Which job answers: least outstanding requests among the ready, non-draining jobs
+that have not just refused a connection, and the bounded per-service queue of
+requests that wait for one."""
 
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ class Router:
         # Counted here, not read from the tracker: it is the proxy's own, exact and lock-free.
         self.inflight: dict[UUID, int] = {}
         self.waiting: dict[str, int] = {}
+        # Jobs that refused a connection, and until when no request is sent to them.
+        self._set_aside: dict[UUID, float] = {}
 
     def knows(self, service: str) -> bool:
         with self._table.lock:
@@ -53,6 +56,9 @@ class Router:
             view = self._table.state.services.get(service)
             targets = [] if view is None else view.routing_targets()
         targets = [job for job in targets if job.id not in exclude]
+        if self._set_aside:
+            now = time.monotonic()
+            targets = [job for job in targets if self._set_aside.get(job.id, 0.0) <= now]
         if not targets:
             return None
         return min(targets, key=lambda job: self.inflight.get(job.id, 0))
@@ -71,6 +77,15 @@ class Router:
         else:
             self.inflight.pop(job.id, None)
         self._demand.finished(service, job.id, time.time())
+
+    def set_aside(self, job: JobView) -> None:
+        """No requests for the job that refused a connection, for ``unreachable_pause``;
+        and the controller looks now: a job that died is usually gone from Slurm's queue
+        by then, and replaced, while the requests it would have failed wait."""
+        now = time.monotonic()
+        self._set_aside = {key: until for key, until in self._set_aside.items() if until > now}
+        self._set_aside[job.id] = now + self._settings.unreachable_pause
+        self._wake()
 
     def enter_queue(self, service: str) -> None:
         """Join the service's wait queue (429 when full); the wait counts as demand."""

@@ -16,7 +16,7 @@ import paramiko
 from saia.adapters.channel_stream import ChannelByteStream
 from saia.adapters.session_client import SessionClient, SessionClosed, StreamReset
 from saia.domain.state import JobView
-from saia.proxy.backend import BackendUnreachable, Headers, UpstreamResponse
+from saia.proxy.backend import BackendUnreachable, Headers, LinkDown, UpstreamResponse
 
 # The entrypoint marks its own answers with this header; the job's answers lack it.
 ENTRYPOINT_ANSWER = "saia-exit-code"
@@ -72,7 +72,9 @@ class SessionBackend:
             response = await client.request(
                 method, f"/jobs/{job.slurm_job_id}/http{path}", headers, body
             )
-        except (SessionClosed, StreamReset) as error:
+        except SessionClosed as error:
+            raise LinkDown(job, str(error)) from error
+        except StreamReset as error:  # before the answer's head: this job's doing
             raise BackendUnreachable(job, str(error)) from error
         chunks: AsyncIterator[bytes] = response
         if response.header(ENTRYPOINT_ANSWER) is not None:

@@ -19,4 +19,5 @@ class ProxySettings:
     trusted_user_header: str = ""  # e.g. "x-consumer-username" behind a gateway; "" = anonymous
     anonymous_user: str = "anonymous"
     connect_attempts: int = 3  # backends tried for one request on connection failures
+    unreachable_pause: float = 5.0  # seconds a job that refused a connection gets no requests
     shutdown_grace: float = 30.0  # seconds in-flight requests get to finish on SIGTERM

@@ -223,6 +223,49 @@ def test_a_backend_killed_under_load_fails_only_its_own_requests_and_is_replaced
     )  # fmt: skip
 
 
+def test_requests_to_a_service_whose_only_job_died_wait_for_its_replacement(
+    hub: RunningHub,
+) -> None:
+    """The one job of a service dies: later requests wait for the replacement, none gets 502."""
+    warm = hub.client(hub.key("solo-warm"), timeout=120)
+    warm.chat.completions.create(model=hub.cold, messages=PROMPT, max_tokens=2)  # type: ignore[arg-type]
+    clients = iter([hub.client(hub.key(f"solo-{n}"), timeout=60) for n in range(2)])
+    turn = threading.local()
+    lock = threading.Lock()
+
+    def small_chat() -> None:
+        if not hasattr(turn, "client"):
+            with lock:
+                turn.client = next(clients)
+        try:
+            answer = turn.client.chat.completions.create(model=hub.cold, messages=PROMPT,
+                                                         max_tokens=2)  # fmt: skip
+            assert answer.choices[0].message.content == "echo: one"
+        finally:
+            time.sleep(0.25)  # stay under the per-user rate limit
+
+    since = time.time()
+    with load(2, small_chat) as outcomes:
+        time.sleep(1)
+        [victim] = hub.ready(hub.cold)
+        httpx.post(f"http://{victim.node}:{victim.port}/admin/exit", json={"code": 1}, timeout=10)
+        killed_at = time.monotonic()
+        wait_for(
+            lambda: [o for o in list(outcomes) if o.started > killed_at + 0.2 and not o.error],
+            60, "a request answered after the kill",
+        )  # fmt: skip
+        time.sleep(1)
+
+    failed = [outcome for outcome in outcomes if outcome.error]
+    assert all(outcome.started < killed_at + 0.2 for outcome in failed), failed
+    later = [outcome for outcome in outcomes if outcome.started > killed_at + 0.2]
+    assert len(later) >= 2 and not any(outcome.error for outcome in later), later
+    assert max(outcome.ended - outcome.started for outcome in later) > 1.0, "nobody waited"
+    answered_by = {event.job for event in hub.events("saia.Request.Finished")
+                   if event.status == 200 and event.timestamp.timestamp() >= since}  # fmt: skip
+    assert answered_by - {str(victim.id)}, "no request was answered by a replacement"
+
+
 def test_a_cut_link_fails_requests_cleanly_and_service_resumes(
     hub: RunningHub, link: Link  # noqa: F811
 ) -> None:

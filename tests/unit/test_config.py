@@ -91,6 +91,7 @@ def test_hub_placement_is_the_default_and_needs_ssh(tmp_path: Path) -> None:
         ('[proxy]\nmax_wait_seconds = 0\n', "", "proxy.max_wait_seconds"),
         ('[proxy]\nrate_limit_per_minute = -5\n', "", "proxy.rate_limit_per_minute"),
         ('[proxy]\nconnect_attempts = 0\n', "", "proxy.connect_attempts"),
+        ('[proxy]\nunreachable_pause = 0\n', "", "proxy.unreachable_pause"),
         ('[proxy]\ntrusted_user_header = 7\n', "", "proxy.trusted_user_header"),
         ('[proxy]\nturbo = true\n', "", "proxy.turbo"),
     ],

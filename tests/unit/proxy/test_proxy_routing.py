@@ -1,20 +1,23 @@
-"""Routing: least outstanding requests, retries on dead backends, the bounded wait queue."""
+"""Routing: least outstanding requests, retries on dead backends and setting them aside,
+the bounded wait queue."""
 
 from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 from uuid import UUID
 
 import httpx
-import openai
 import pytest
 from starlette.types import Receive, Scope, Send
 
+from saia.adapters.store import EventLog
 from saia.demand import DemandTracker
 from saia.domain.job import Phase
+from saia.domain.state import JobView
 from saia.proxy.app import create_app
-from saia.proxy.backend import HttpBackend
+from saia.proxy.backend import Headers, HttpBackend, LinkDown, UpstreamResponse
 from saia.proxy.errors import ProxyError
 from saia.proxy.routing import Router
 from saia.proxy.settings import ProxySettings
@@ -64,12 +67,128 @@ def test_dead_backend_is_skipped_before_any_byte_was_sent(ready: Proxy) -> None:
     assert dead in ready.hub.state.services[SERVICE].jobs  # the controller's job to replace
 
 
-def test_only_dead_backends_is_502(proxy: Proxy) -> None:
-    """When every ready backend refuses connections the request fails with 502."""
+def test_a_job_that_refused_a_connection_is_set_aside_for_a_while() -> None:
+    """A set-aside job is picked by no request until its pause ends; the controller is woken."""
+    hub = FakeHub()
+    hub.add_service(SERVICE)
+    refused, other = hub.add_job(SERVICE, 1), hub.add_job(SERVICE, 2)
+    wakes: list[float] = []
+    settings = ProxySettings(unreachable_pause=0.3)
+    router = Router(hub, DemandTracker(), settings, lambda: wakes.append(time.monotonic()))
+    job = router.pick(SERVICE, {other})
+    assert job is not None and job.id == refused
+    router.set_aside(job)
+    assert len(wakes) == 1
+    picked = router.pick(SERVICE, set())
+    assert picked is not None and picked.id == other
+    assert router.pick(SERVICE, {other}) is None
+    time.sleep(0.35)
+    back = router.pick(SERVICE, {other})
+    assert back is not None and back.id == refused
+
+
+def chat_in_thread(proxy: Proxy, answers: list[str]) -> threading.Thread:
+    def ask() -> None:
+        answer = proxy.client().chat.completions.create(
+            model=SERVICE, messages=[{"role": "user", "content": "anyone?"}]
+        )
+        answers.append(answer.choices[0].message.content or "")
+
+    thread = threading.Thread(target=ask)
+    thread.start()
+    return thread
+
+
+def recorded(log: EventLog, topic: str) -> list[Any]:
+    found = log.recorder.select_notifications(start=1, limit=1000, topics=[topic])
+    return [log.mapper.to_domain_event(notification) for notification in found]
+
+
+def wait_for_wake(proxy: Proxy) -> None:
+    deadline = time.monotonic() + 5
+    while not proxy.wakes:
+        assert time.monotonic() < deadline, "the controller was never woken"
+        time.sleep(0.01)
+
+
+def test_a_request_whose_only_job_refuses_waits_for_one_that_answers(proxy: Proxy) -> None:
+    """When every job refuses, the request waits (not 502) and is answered by the next job."""
+    dead = proxy.hub.add_job(SERVICE, free_port())
+    answers: list[str] = []
+    waiter = chat_in_thread(proxy, answers)
+    wait_for_wake(proxy)  # the refusal woke the controller to replace the job
+    time.sleep(0.2)
+    assert not answers, "answered without a job that answers"
+    good = proxy.hub.add_job(SERVICE, proxy.backend_port)
+    waiter.join(timeout=5)
+    assert answers and answers[0].startswith("echo:")
+    deadline = time.monotonic() + 5
+    while not (finished := recorded(proxy.log, "saia.Request.Finished")):
+        assert time.monotonic() < deadline, "the request's end was not recorded"
+        time.sleep(0.01)
+    assert [(e.status, e.job) for e in finished] == [(200, str(good))]
+    assert dead in proxy.hub.state.services[SERVICE].jobs  # the controller's job to end
+
+
+def test_a_waiting_stream_hears_keepalives_while_its_only_job_refuses(proxy: Proxy) -> None:
+    """A stream whose only job refused waits with SSE comments, then streams from the next."""
     proxy.hub.add_job(SERVICE, free_port())
-    with pytest.raises(openai.APIStatusError) as caught:
-        proxy.client().completions.create(model=SERVICE, prompt="anyone?")
-    assert caught.value.status_code == 502
+    body = {"model": SERVICE, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    lines: list[str] = []
+    with httpx.stream("POST", f"{proxy.url}/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line:
+                lines.append(line)
+            if lines.count(": waiting") == 2:
+                proxy.hub.add_job(SERVICE, proxy.backend_port)
+    assert lines.count(": waiting") >= 2
+    assert lines[-1] == "data: [DONE]"
+
+
+def test_a_job_refusing_again_after_its_pause_ends_in_502(proxy: Proxy) -> None:
+    """A request tries at most connect_attempts times, then gets 502 rather than wait on."""
+    proxy.hub.add_job(SERVICE, free_port())
+    settings = ProxySettings(unreachable_pause=0.05, connect_attempts=3, poll_interval=0.01)
+    recorder = GroupCommitter(proxy.log)
+    app = create_app(proxy.hub, DemandTracker(), recorder, HttpBackend(), settings, lambda: None)
+    with recorder, serving(app) as port:
+        started = time.monotonic()
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/completions",
+                            json={"model": SERVICE, "prompt": "anyone?"})  # fmt: skip
+        took = time.monotonic() - started
+    assert answer.status_code == 502
+    assert answer.json()["error"]["code"] == "backend_unreachable"
+    assert 0.1 <= took < 3  # two pauses between three attempts, not max_wait_seconds
+
+
+class LinkCut:
+    """A backend whose way to every job is down, as the SSH link's loss makes it."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    async def send(self, job: JobView, method: str, path: str, headers: Headers,
+                   body: bytes) -> UpstreamResponse:  # fmt: skip
+        self.sent += 1
+        raise LinkDown(job, "the session channel is closed")
+
+
+def test_a_link_down_fails_at_once_and_sets_no_job_aside(proxy: Proxy) -> None:
+    """Without the link no job is to blame: 502 at once, no wait, and no job set aside."""
+    proxy.hub.add_job(SERVICE, free_port())
+    proxy.hub.add_job(SERVICE, free_port())
+    backend = LinkCut()
+    wakes: list[float] = []
+    recorder = GroupCommitter(proxy.log)
+    app = create_app(proxy.hub, DemandTracker(), recorder, backend, ProxySettings(),
+                     lambda: wakes.append(time.monotonic()))  # fmt: skip
+    with recorder, serving(app) as port:
+        url = f"http://127.0.0.1:{port}/v1/completions"
+        answers = [httpx.post(url, json={"model": SERVICE, "prompt": "x"}) for _ in range(2)]
+    assert [answer.status_code for answer in answers] == [502, 502]
+    assert backend.sent == 2  # one try each, and the second still found a job to try
+    assert not wakes
 
 
 def test_queue_full_over_http_is_429(proxy: Proxy) -> None:

@@ -9,10 +9,10 @@ from uuid import uuid4
 
 import pytest
 
-from saia.adapters.session_client import SessionClient
+from saia.adapters.session_client import SessionClient, SessionClosed
 from saia.domain.job import Phase
 from saia.domain.state import JobView
-from saia.proxy.backend import BackendUnreachable
+from saia.proxy.backend import BackendUnreachable, LinkDown
 from saia.proxy.session_backend import SessionBackend
 from tests.net import free_port
 from tests.unit.test_session import run, session
@@ -21,6 +21,11 @@ from tests.unit.test_session import run, session
 class NoSession:
     async def session(self) -> SessionClient:
         raise AssertionError("the session was asked for")
+
+
+class LostSession:
+    async def session(self) -> SessionClient:
+        raise SessionClosed("no session channel: the link is down")
 
 
 class GivenSession:
@@ -78,5 +83,16 @@ def test_a_job_without_slurm_id_is_unreachable() -> None:
         backend = SessionBackend(NoSession())
         with pytest.raises(BackendUnreachable):
             await backend.send(job_view(""), "GET", "/health", [], b"")
+
+    run(scenario)
+
+
+def test_no_session_is_a_link_down_that_blames_no_job() -> None:
+    """Without a session no job can be reached, and none is at fault: LinkDown."""
+
+    async def scenario() -> None:
+        backend = SessionBackend(LostSession())
+        with pytest.raises(LinkDown):
+            await backend.send(job_view("4242"), "GET", "/health", [], b"")
 
     run(scenario)
