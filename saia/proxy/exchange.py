@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 from saia.domain.request import Request
 from saia.domain.state import JobView
 from saia.proxy.backend import (
+    AnswerBroken,
     Backend,
     BackendUnreachable,
     Headers,
@@ -160,6 +161,11 @@ class Exchange:
                 self.router.set_aside(job)
                 self._tried.add(job.id)
                 continue
+            except AnswerBroken as error:  # the job may have seen the request: no retry
+                logger.warning("request %s: job %s: %s", self.id, job.id, error)
+                self.router.release(service, job)
+                raise ProxyError(502, "the backend sent no valid answer",
+                                 "bad_backend_answer") from None  # fmt: skip
             except BaseException:
                 self.router.release(service, job)
                 raise

@@ -7,12 +7,17 @@ import time
 from collections.abc import Awaitable, Callable
 from uuid import uuid4
 
-import h11
 import pytest
 
 from saia.domain.job import Phase
 from saia.domain.state import JobView
-from saia.proxy.backend import BackendUnreachable, HttpBackend, UpstreamResponse
+from saia.proxy.backend import (
+    AnswerBroken,
+    BackendUnreachable,
+    HttpBackend,
+    UpstreamResponse,
+    request_head,
+)
 from tests.net import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -154,7 +159,7 @@ def test_an_answer_cut_short_raises_while_reading() -> None:
 
     async def test(backend: HttpBackend, job: JobView) -> None:
         upstream = await backend.send(job, "POST", "/", [], b"{}")
-        with pytest.raises(h11.RemoteProtocolError):
+        with pytest.raises(AnswerBroken):
             await body_of(upstream)
         await upstream.close()
 
@@ -190,3 +195,90 @@ def test_at_most_max_connections_at_once() -> None:
         listening.close()
 
     asyncio.run(main())
+
+
+def test_an_answer_without_length_ends_at_the_close_and_its_connection_with_it() -> None:
+    """Neither Content-Length nor chunked: the body is all that comes until the job closes."""
+    server = Server(lambda n: b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it",
+                    close_after=True)  # fmt: skip
+
+    async def test(backend: HttpBackend, job: JobView) -> None:
+        assert await body_of(await backend.send(job, "POST", "/", [], b"{}")) == b"all of it"
+        assert await body_of(await backend.send(job, "POST", "/", [], b"{}")) == b"all of it"
+
+    run_with(server, test)
+    assert server.connections == 2
+
+
+def test_an_answer_that_is_not_http_is_an_error() -> None:
+    """Bytes that are not an HTTP/1.1 answer raise; they are never passed on as one."""
+    server = Server(lambda n: b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+
+    async def test(backend: HttpBackend, job: JobView) -> None:
+        with pytest.raises(AnswerBroken):
+            await backend.send(job, "POST", "/", [], b"{}")
+
+    run_with(server, test)
+
+
+def test_bytes_after_an_answer_keep_its_connection_from_reuse() -> None:
+    """What a job sends beyond its answer must not be read as the next request's answer."""
+    server = Server(lambda n: OK + b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale")
+
+    async def test(backend: HttpBackend, job: JobView) -> None:
+        for _ in range(2):
+            assert await body_of(await backend.send(job, "POST", "/", [], b"{}")) == b"{}"
+
+    run_with(server, test)
+    assert server.connections == 2
+
+
+def test_an_interim_answer_is_not_the_answer() -> None:
+    """A 103 Early Hints before the answer is skipped; the 200 after it is the answer."""
+    early = b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>\r\n\r\n"
+    server = Server(lambda n: early + OK)
+
+    async def test(backend: HttpBackend, job: JobView) -> None:
+        upstream = await backend.send(job, "POST", "/", [], b"{}")
+        assert upstream.status == 200
+        assert ("content-type", "application/json") in upstream.headers
+        assert not any(name == "link" for name, _ in upstream.headers)
+        assert await body_of(upstream) == b"{}"
+        assert await body_of(await backend.send(job, "POST", "/", [], b"{}")) == b"{}"
+
+    run_with(server, test)
+    assert server.connections == 1
+
+
+def test_the_answer_to_head_is_its_head() -> None:
+    """HEAD: the Content-Length tells the size of a body that does not come."""
+    server = Server(lambda n: b"HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n")
+
+    async def test(backend: HttpBackend, job: JobView) -> None:
+        upstream = await backend.send(job, "HEAD", "/", [], b"")
+        assert await asyncio.wait_for(body_of(upstream), 5) == b""
+
+    run_with(server, test)
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "headers"),
+    [
+        ("POST", "/v1/x HTTP/1.1\r\nx-evil: 1", []),
+        ("POST", "/v1/x", [("accept", "text/plain\r\nx-evil: 1")]),
+        ("POST", "/v1/x", [("x evil", "1")]),
+        ("GET /admin", "/v1/x", []),
+    ],
+)
+def test_a_request_head_refuses_what_would_break_its_lines(
+    method: str, target: str, headers: list[tuple[str, str]]
+) -> None:
+    """No method, target or header from a client can add a line to the request to a job."""
+    with pytest.raises(ValueError):
+        request_head(method, target, headers)
+
+
+def test_a_request_head_is_http_1_1() -> None:
+    """The head a job gets: request line, then the fields, then an empty line."""
+    head = request_head("POST", "/v1/chat?x=1", [("host", "node1:20001"), ("accept", "*/*")])
+    assert head == b"POST /v1/chat?x=1 HTTP/1.1\r\nhost: node1:20001\r\naccept: */*\r\n\r\n"

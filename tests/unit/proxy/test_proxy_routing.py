@@ -17,7 +17,7 @@ from saia.demand import DemandTracker
 from saia.domain.job import Phase
 from saia.domain.state import JobView
 from saia.proxy.app import create_app
-from saia.proxy.backend import Headers, HttpBackend, LinkDown, UpstreamResponse
+from saia.proxy.backend import AnswerBroken, Headers, HttpBackend, LinkDown, UpstreamResponse
 from saia.proxy.errors import ProxyError
 from saia.proxy.routing import Router
 from saia.proxy.settings import ProxySettings
@@ -253,3 +253,24 @@ def test_a_stream_the_backend_breaks_off_ends_with_an_error_event(proxy: Proxy) 
         time.sleep(0.02)
     [usage] = proxy.accounting().usage.values()
     assert usage.requests == 1 and usage.errors == 1
+
+
+class Garbled:
+    """A backend whose job answers with something that is not HTTP."""
+
+    async def send(self, job: JobView, method: str, path: str, headers: Headers,
+                   body: bytes) -> UpstreamResponse:  # fmt: skip
+        raise AnswerBroken("the job's answer is not valid HTTP/1.1")
+
+
+def test_an_answer_that_is_not_http_is_502_with_an_error_body(proxy: Proxy) -> None:
+    """A job that answers garbage gets the client a 502 in OpenAI's shape, not a 500."""
+    proxy.hub.add_job(SERVICE, free_port())
+    recorder = GroupCommitter(proxy.log)
+    app = create_app(proxy.hub, DemandTracker(), recorder, Garbled(), ProxySettings(),
+                     lambda: None)  # fmt: skip
+    with recorder, serving(app) as port:
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/completions",
+                            json={"model": SERVICE, "prompt": "x"})  # fmt: skip
+    assert answer.status_code == 502
+    assert answer.json()["error"]["code"] == "bad_backend_answer"
