@@ -159,6 +159,7 @@ class Exchange:
                 logger.warning("request %s: %s; it is set aside", self.id, error)
                 self.router.release(service, job)
                 self.router.set_aside(job)
+                self.metrics.unreachable(service)
                 self._tried.add(job.id)
                 continue
             except AnswerBroken as error:  # the job may have seen the request: no retry

@@ -26,12 +26,18 @@ class ProxyMetrics:
         self._buckets: dict[str, list[int]] = {}
         self._sums: dict[str, float] = {}
         self._refused: Counter[int] = Counter()
+        self._unreachable: Counter[str] = Counter()
 
     def refused(self, status: int) -> None:
         """A request turned away before it had a service: no key, no limit left, unknown
         model, bad body. By status only, as an unknown model is any string a client sends."""
         with self._lock:
             self._refused[status] += 1
+
+    def unreachable(self, service: str) -> None:
+        """A job of the service could not be reached: it is set aside for a while."""
+        with self._lock:
+            self._unreachable[service] += 1
 
     def observe(self, service: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -53,12 +59,18 @@ class ProxyMetrics:
             buckets = {k: list(v) for k, v in self._buckets.items()}
             sums = dict(self._sums)
             refused = dict(self._refused)
+            unreachable = dict(self._unreachable)
         for (service, status), count in sorted(requests.items()):
             lines.append(f'saia_requests_total{{service="{service}",status="{status}"}} {count}')
         lines += ["# HELP saia_refused_requests_total Requests refused before routing, by status.",
                   "# TYPE saia_refused_requests_total counter"]  # fmt: skip
         for status, count in sorted(refused.items()):
             lines.append(f'saia_refused_requests_total{{status="{status}"}} {count}')
+        lines += ["# HELP saia_unreachable_backends_total Jobs that could not be reached "
+                  "before any byte was sent (each then set aside), by service.",
+                  "# TYPE saia_unreachable_backends_total counter"]  # fmt: skip
+        for service, count in sorted(unreachable.items()):
+            lines.append(f'saia_unreachable_backends_total{{service="{service}"}} {count}')
         lines += ["# HELP saia_request_seconds Time from arrival to the end of the answer.",
                   "# TYPE saia_request_seconds histogram"]  # fmt: skip
         for service, counts in sorted(buckets.items()):

@@ -128,6 +128,8 @@ def test_a_request_whose_only_job_refuses_waits_for_one_that_answers(proxy: Prox
         time.sleep(0.01)
     assert [(e.status, e.job) for e in finished] == [(200, str(good))]
     assert dead in proxy.hub.state.services[SERVICE].jobs  # the controller's job to end
+    metrics = httpx.get(f"{proxy.url}/metrics").text.splitlines()
+    assert f'saia_unreachable_backends_total{{service="{SERVICE}"}} 1' in metrics
 
 
 def test_a_waiting_stream_hears_keepalives_while_its_only_job_refuses(proxy: Proxy) -> None:
