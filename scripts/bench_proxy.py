@@ -28,6 +28,8 @@ through the proxy, interleaved in the same run:
   within 2 ms of each other (10% of the token delay).
 - recording: the proxy's log, read after it shut down, holds two events (Started
   and Finished) for every proxied request.
+- CPU: the proxy's process (all its threads) over the proxied throughput runs
+  per request, beside the backend's over the direct runs; shown, no target.
 
 Prints a table and exits 1 if a target is missed.
 """
@@ -281,10 +283,29 @@ async def sequential(direct: Connection, proxy: Connection, body: bytes, pairs: 
     return answers
 
 
+@dataclass
+class Spent:
+    """CPU a server process used over throughput runs, and the requests it answered."""
+
+    pid: int
+    seconds: float = 0.0
+    requests: int = 0
+
+    def micros_a_request(self) -> float:
+        return 1e6 * self.seconds / max(1, self.requests)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def rate(port: int, clients: int, seconds: float, counter: Counter,
-               proxied: bool) -> float:  # fmt: skip
+               proxied: bool, spent: Spent) -> float:  # fmt: skip
     """Requests per second from ``clients`` concurrent clients, each one after another."""
     connections = [await Connection.open(port) for _ in range(clients)]
+    cpu_before = cpu_seconds(spent.pid)
     done = 0
     stop_at = 0.0
 
@@ -302,7 +323,10 @@ async def rate(port: int, clients: int, seconds: float, counter: Counter,
         started = time.perf_counter()
         stop_at = started + seconds
         await asyncio.gather(*(client(c) for c in connections))
-        return done / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        spent.seconds += cpu_seconds(spent.pid) - cpu_before
+        spent.requests += done
+        return done / elapsed
     finally:
         for connection in connections:
             await connection.close()
@@ -327,7 +351,8 @@ def content_gaps_ms(answer: Answer) -> list[float]:
 
 
 async def measure(size: Size, direct_port: int, slow_port: int, proxy_port: int,
-                  counter: Counter) -> list[Row]:  # fmt: skip
+                  counter: Counter, pids: tuple[int, int]) -> list[Row]:  # fmt: skip
+    """``pids``: the fast backend's and the proxy's processes, whose CPU is read."""
     direct, proxy = await Connection.open(direct_port), await Connection.open(proxy_port)
     slow_direct = await Connection.open(slow_port)
     try:
@@ -338,8 +363,14 @@ async def measure(size: Size, direct_port: int, slow_port: int, proxy_port: int,
         for connection in (direct, proxy, slow_direct):
             await connection.close()
     rows = latency_rows(*plain)
+    backend, proxied = Spent(pids[0]), Spent(pids[1])
     for clients in (8, 32):
-        rows.append(await throughput_row(size, clients, direct_port, proxy_port, counter))
+        rows.append(await throughput_row(size, clients, direct_port, proxy_port, counter,
+                                         backend, proxied))  # fmt: skip
+    proxy_us, backend_us = proxied.micros_a_request(), backend.micros_a_request()
+    rows.append(Row("  CPU a request, both rates", f"{proxy_us:.0f} us proxy",
+                    f"{backend_us:.0f} us backend direct", f"{proxy_us / backend_us:.1f}x",
+                    "-", None))  # fmt: skip
     return rows + stream_rows(*streams)
 
 
@@ -356,13 +387,14 @@ def latency_rows(direct: list[Answer], proxied: list[Answer]) -> list[Row]:
 
 
 async def throughput_row(size: Size, clients: int, direct_port: int, proxy_port: int,
-                         counter: Counter) -> Row:  # fmt: skip
+                         counter: Counter, backend: Spent, proxy: Spent) -> Row:  # fmt: skip
     errors_before = counter.errors
     direct: list[float] = []
     proxied: list[float] = []
+    seconds = size.throughput_seconds
     for _ in range(size.throughput_repeats):
-        direct.append(await rate(direct_port, clients, size.throughput_seconds, counter, False))
-        proxied.append(await rate(proxy_port, clients, size.throughput_seconds, counter, True))
+        direct.append(await rate(direct_port, clients, seconds, counter, False, backend))
+        proxied.append(await rate(proxy_port, clients, seconds, counter, True, proxy))
     base, through = statistics.median(direct), statistics.median(proxied)
     errors = counter.errors - errors_before
     return Row(f"throughput, {clients} clients", f"{through:,.0f} req/s, {errors} errors",
@@ -405,7 +437,8 @@ def run(size: Size) -> list[Row]:
         try:
             for port, process in zip((fast_port, slow_port, proxy_port), processes, strict=True):
                 asyncio.run(wait_until_up(port, process))
-            rows = asyncio.run(measure(size, fast_port, slow_port, proxy_port, counter))
+            pids = (processes[0].pid, processes[2].pid)
+            rows = asyncio.run(measure(size, fast_port, slow_port, proxy_port, counter, pids))
         finally:
             for process in reversed(processes):
                 stop(process)
