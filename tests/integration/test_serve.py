@@ -188,6 +188,28 @@ def load(workers: int, request: Callable[[], None]) -> Iterator[list[Outcome]]:
             thread.join(timeout=120)
 
 
+def small_chats(hub: RunningHub, model: str, users: list[str],
+                timeout: float) -> Callable[[], None]:  # fmt: skip
+    """A small chat completion for load(): each worker with a client (and key) of its
+    own, one of ``users``, and paced to stay under the per-user rate limit."""
+    handed = iter([hub.client(hub.key(user), timeout=timeout) for user in users])
+    turn = threading.local()
+    lock = threading.Lock()
+
+    def small_chat() -> None:
+        if not hasattr(turn, "client"):
+            with lock:
+                turn.client = next(handed)
+        try:
+            answer = turn.client.chat.completions.create(model=model, messages=PROMPT,
+                                                         max_tokens=2)  # fmt: skip
+            assert answer.choices[0].message.content == "echo: one"
+        finally:
+            time.sleep(0.25)
+
+    return small_chat
+
+
 def test_a_backend_killed_under_load_fails_only_its_own_requests_and_is_replaced(
     hub: RunningHub,
 ) -> None:
@@ -229,21 +251,7 @@ def test_requests_to_a_service_whose_only_job_died_wait_for_its_replacement(
     """The one job of a service dies: later requests wait for the replacement, none gets 502."""
     warm = hub.client(hub.key("solo-warm"), timeout=120)
     warm.chat.completions.create(model=hub.cold, messages=PROMPT, max_tokens=2)  # type: ignore[arg-type]
-    clients = iter([hub.client(hub.key(f"solo-{n}"), timeout=60) for n in range(2)])
-    turn = threading.local()
-    lock = threading.Lock()
-
-    def small_chat() -> None:
-        if not hasattr(turn, "client"):
-            with lock:
-                turn.client = next(clients)
-        try:
-            answer = turn.client.chat.completions.create(model=hub.cold, messages=PROMPT,
-                                                         max_tokens=2)  # fmt: skip
-            assert answer.choices[0].message.content == "echo: one"
-        finally:
-            time.sleep(0.25)  # stay under the per-user rate limit
-
+    small_chat = small_chats(hub, hub.cold, [f"solo-{n}" for n in range(2)], timeout=60)
     since = time.time()
     with load(2, small_chat) as outcomes:
         time.sleep(1)
@@ -270,22 +278,7 @@ def test_a_cut_link_fails_requests_cleanly_and_service_resumes(
     hub: RunningHub, link: Link  # noqa: F811
 ) -> None:
     wait_for(lambda: len(hub.ready(hub.chat)) >= 2, 120, "two ready chat jobs")
-    clients = [hub.client(hub.key(f"cut-{n}"), timeout=30) for n in range(4)]
-    turn = threading.local()
-    lock = threading.Lock()
-    handed = iter(clients)
-
-    def small_chat() -> None:
-        if not hasattr(turn, "client"):
-            with lock:
-                turn.client = next(handed)
-        try:
-            answer = turn.client.chat.completions.create(model=hub.chat, messages=PROMPT,
-                                                         max_tokens=2)  # fmt: skip
-            assert answer.choices[0].message.content == "echo: one"
-        finally:
-            time.sleep(0.25)  # stay under the per-user rate limit
-
+    small_chat = small_chats(hub, hub.chat, [f"cut-{n}" for n in range(4)], timeout=30)
     with load(4, small_chat) as outcomes:
         time.sleep(2)
         cut_at = time.monotonic()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from uuid import UUID, uuid4
 
+import httpx
 import openai
 import uvicorn
 from starlette.types import ASGIApp
@@ -93,3 +94,18 @@ class Proxy:
         accounting = Accounting()
         ProjectionRunner(self.log, [accounting]).catch_up()
         return accounting
+
+
+def waiting_stream_lines(proxy: Proxy, keepalives: int, then: Callable[[], None]) -> list[str]:
+    """A streamed chat that waits for a job: after ``keepalives`` SSE comments ``then``
+    runs, once (a job becomes ready, say). The answer's non-empty lines."""
+    body = {"model": SERVICE, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    lines: list[str] = []
+    with httpx.stream("POST", f"{proxy.url}/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line:
+                lines.append(line)
+            if line == ": waiting" and lines.count(line) == keepalives:
+                then()
+    return lines

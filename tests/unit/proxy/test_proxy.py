@@ -18,7 +18,7 @@ from saia.proxy.app import create_app
 from saia.proxy.backend import Headers, HttpBackend, UpstreamResponse
 from saia.proxy.settings import ProxySettings
 from saia.recording import GroupCommitter
-from tests.unit.proxy.harness import SERVICE, TOKEN_DELAY, Proxy, serving
+from tests.unit.proxy.harness import SERVICE, TOKEN_DELAY, Proxy, serving, waiting_stream_lines
 
 
 def chat(client: openai.OpenAI, text: str = "hello there") -> str:
@@ -124,15 +124,7 @@ def test_request_waits_for_a_cold_service(proxy: Proxy) -> None:
 def test_waiting_stream_gets_keepalive_comments(proxy: Proxy) -> None:
     """A stream that waits for a cold service receives SSE comments, then the answer."""
     job = proxy.hub.add_job(SERVICE, proxy.backend_port, phase=Phase.SUBMITTED)
-    body = {"model": SERVICE, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-    lines: list[str] = []
-    with httpx.stream("POST", f"{proxy.url}/v1/chat/completions", json=body) as response:
-        assert response.status_code == 200
-        for line in response.iter_lines():
-            if line:
-                lines.append(line)
-            if lines.count(": waiting") == 3:
-                proxy.hub.make_ready(SERVICE, job)
+    lines = waiting_stream_lines(proxy, 3, lambda: proxy.hub.make_ready(SERVICE, job))
     assert lines.count(": waiting") >= 3
     assert lines[-1] == "data: [DONE]"
     assert any('"usage"' in line for line in lines)  # include_usage was added

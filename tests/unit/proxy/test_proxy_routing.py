@@ -23,7 +23,7 @@ from saia.proxy.routing import Router
 from saia.proxy.settings import ProxySettings
 from saia.recording import GroupCommitter
 from tests.net import free_port
-from tests.unit.proxy.harness import SERVICE, FakeHub, Proxy, serving
+from tests.unit.proxy.harness import SERVICE, FakeHub, Proxy, serving, waiting_stream_lines
 
 
 def test_router_picks_the_job_with_fewest_outstanding_requests() -> None:
@@ -135,15 +135,7 @@ def test_a_request_whose_only_job_refuses_waits_for_one_that_answers(proxy: Prox
 def test_a_waiting_stream_hears_keepalives_while_its_only_job_refuses(proxy: Proxy) -> None:
     """A stream whose only job refused waits with SSE comments, then streams from the next."""
     proxy.hub.add_job(SERVICE, free_port())
-    body = {"model": SERVICE, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-    lines: list[str] = []
-    with httpx.stream("POST", f"{proxy.url}/v1/chat/completions", json=body) as response:
-        assert response.status_code == 200
-        for line in response.iter_lines():
-            if line:
-                lines.append(line)
-            if lines.count(": waiting") == 2:
-                proxy.hub.add_job(SERVICE, proxy.backend_port)
+    lines = waiting_stream_lines(proxy, 2, lambda: proxy.hub.add_job(SERVICE, proxy.backend_port))
     assert lines.count(": waiting") >= 2
     assert lines[-1] == "data: [DONE]"
 
