@@ -15,6 +15,13 @@ nearly as much as encoding and inserting an event. What ``save`` adds beyond the
 insert, the log does not use: snapshots are off, and the aggregate cache is
 fast-forwarded from the log rather than filled on save.
 
+When the store cannot write, producers get its error (the proxy answers 503:
+no request is served unrecorded). With ``hold_limit`` set, the events are held
+in memory instead, up to that many, in order, and their producers are told at
+once that they are taken; the writer tries the store again after a pause that
+doubles up to a minute, and writes what is held, in order, when it is back.
+Held events are lost if the process ends before that: the price of serving on.
+
 The writer overlaps the disk with the producers. It tells a batch's producers
 their outcome only when the next batch is about to commit: that commit (the
 disk writes and the sync, without the GIL) then runs while those producers make
@@ -26,7 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future
@@ -46,6 +55,10 @@ STORE_FAILURES = (OperationalError, InterfaceError)
 
 # From this many queued submissions, an idle writer takes half (see _take_batch).
 SPLIT_FROM = 32
+# While events are held, the store is tried again after this pause, doubled each time.
+RETRY_FIRST, RETRY_MAX = 1.0, 60.0
+
+log = logging.getLogger(__name__)
 
 
 class RecorderClosed(Exception):
@@ -57,6 +70,16 @@ class RecorderOverloaded(Exception):
     def __init__(self, pending: int, limit: int) -> None:
         super().__init__(f"{pending} submissions wait to be recorded, the limit is {limit}")
         self.pending = pending
+        self.limit = limit
+
+
+class StoreUnavailable(Exception):
+    """The store cannot write, and the events held meanwhile are at their limit."""
+
+    def __init__(self, held: int, limit: int) -> None:
+        super().__init__(f"the store cannot write, and {held} events are held for it "
+                         f"already (the limit is {limit})")  # fmt: skip
+        self.held = held
         self.limit = limit
 
 
@@ -86,12 +109,22 @@ class _Submission:
 class GroupCommitter:
     """One writer thread that records queued submissions a batch per transaction."""
 
-    def __init__(self, log: EventLog, max_batch: int = 500, max_pending: int = 10_000) -> None:
-        """``max_batch`` caps the events per transaction; ``max_pending`` the queue."""
+    def __init__(
+        self, log: EventLog, max_batch: int = 500, max_pending: int = 10_000, hold_limit: int = 0
+    ) -> None:
+        """``max_batch`` caps the events per transaction; ``max_pending`` the queue;
+        ``hold_limit`` the events held in memory while the store cannot write (0: none,
+        producers get the store's error)."""
         self._log = log
         self._max_batch = max_batch
         self._max_pending = max_pending
+        self._hold_limit = hold_limit
         self._queue: deque[_Submission] = deque()
+        # While the store cannot write: submissions told already, to record in this order.
+        self._held: deque[_Submission] = deque()
+        self._held_events = 0
+        self._retry_pause = RETRY_FIRST
+        self._retry_at = 0.0
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
         self._closed = False
@@ -141,6 +174,12 @@ class GroupCommitter:
         with self._lock:
             return self._stats
 
+    @property
+    def held_events(self) -> int:
+        """Events taken while the store cannot write, not recorded yet."""
+        with self._lock:
+            return self._held_events
+
     def close(self) -> None:
         """Refuse new submissions, record those already queued, stop the writer."""
         with self._wakeup:
@@ -170,10 +209,15 @@ class GroupCommitter:
         with self._lock:
             # Checked again: close() may have come while the events were encoded.
             self._refuse_if_full()
-            self._queue.append(_Submission(events, waiter))
-            if len(self._queue) == 1:
-                # The writer waits only on an empty queue: one wake-up per batch.
-                self._wakeup.notify()
+            if not self._held:
+                self._queue.append(_Submission(events, waiter))
+                if len(self._queue) == 1:
+                    # The writer waits only on an empty queue: one wake-up per batch.
+                    self._wakeup.notify()
+                return
+            # The store cannot write: behind what is held, and told so at once.
+            self._hold(_Submission(events, waiter))
+        waiter.set_result(None)
 
     def _refuse_if_full(self) -> None:
         if self._closed:
@@ -188,13 +232,15 @@ class GroupCommitter:
         untold: list[Outcome] = []  # of the batch committed last, told during the next
         try:
             while True:
-                batch = self._take_batch(wait=not untold)
+                self._write_held(final=False)
+                batch = self._take_batch(wait=not untold, timeout=self._until_retry())
                 if batch:
                     untold = self._commit(batch, untold)
                 elif untold:
                     _settle(untold)
                     untold = []
-                else:
+                elif self._finished():
+                    self._write_held(final=True)
                     return
         except BaseException as error:
             # A writer that died silently would leave every producer waiting forever.
@@ -206,13 +252,12 @@ class GroupCommitter:
             _settle([(submission.waiter, error) for submission in stranded])
             raise
 
-    def _take_batch(self, wait: bool) -> list[_Submission]:
-        """Wait for work; take queued submissions up to the batch size. Empty: stop."""
+    def _take_batch(self, wait: bool, timeout: float | None) -> list[_Submission]:
+        """Wait for work (up to ``timeout``); take queued submissions up to the batch size."""
         with self._wakeup:
             while not self._queue:
-                if self._closed or not wait:
+                if self._closed or not wait or not self._wakeup.wait(timeout):
                     return []
-                self._wakeup.wait()
             queue = self._queue
             # From idle, what is queued came in one burst: commit it in two halves, so
             # that the first half's producers go on while the second half commits.
@@ -249,9 +294,102 @@ class GroupCommitter:
             )
         except Exception as error:
             tell_untold()  # committed before, whatever becomes of this batch
+            if self._hold_limit and isinstance(error, STORE_FAILURES):
+                return self._start_holding(batch, error)
             return self._failed(batch, error)
         self._count(batch, recorded=batch, split=False)
         return [(submission.waiter, None) for submission in batch]
+
+    # -- while the store cannot write ------------------------------------------------
+
+    def _start_holding(self, batch: list[_Submission], error: Exception) -> list[Outcome]:
+        """Hold the failed batch and everything queued behind it, in order, as far as
+        the limit allows; the rest get StoreUnavailable."""
+        log.error("the store cannot write (%s): holding up to %d events in memory",
+                  error, self._hold_limit)  # fmt: skip
+        outcomes: list[Outcome] = []
+        with self._lock:
+            waiting = [*batch, *self._queue]
+            self._queue.clear()
+            for submission in waiting:
+                try:
+                    self._hold(submission)
+                except StoreUnavailable as full:
+                    outcomes.append((submission.waiter, full))
+                else:
+                    outcomes.append((submission.waiter, None))
+            self._retry_pause = RETRY_FIRST
+            self._retry_at = time.monotonic() + self._retry_pause
+        return outcomes
+
+    def _hold(self, submission: _Submission) -> None:
+        """Under the lock: held behind the others, or StoreUnavailable beyond the limit."""
+        if self._held_events + len(submission.events) > self._hold_limit:
+            raise StoreUnavailable(self._held_events, self._hold_limit)
+        self._held.append(submission)
+        self._held_events += len(submission.events)
+
+    def _until_retry(self) -> float | None:
+        """How long the writer may wait for new work before trying the store again."""
+        if not self._held:
+            return None
+        return max(0.0, self._retry_at - time.monotonic())
+
+    def _finished(self) -> bool:
+        with self._lock:
+            return self._closed and not self._queue
+
+    def _write_held(self, final: bool) -> None:
+        """Record what is held, in order and a batch at a time, once the pause is over
+        (``final``: now, as the last try). Holding ends when nothing is held."""
+        if not self._held or (not final and time.monotonic() < self._retry_at):
+            return
+        while True:
+            with self._lock:
+                chunk: list[_Submission] = []
+                size = 0
+                for submission in self._held:
+                    if chunk and size + len(submission.events) > self._max_batch:
+                        break
+                    chunk.append(submission)
+                    size += len(submission.events)
+            if not chunk:
+                return
+            try:
+                self._log.append([event for submission in chunk for event in submission.events])
+            except STORE_FAILURES as error:
+                if final:
+                    log.error("the store cannot write (%s): %d held events are lost",
+                              error, self.held_events)  # fmt: skip
+                    return
+                with self._lock:
+                    self._retry_pause = min(RETRY_MAX, 2 * self._retry_pause)
+                    self._retry_at = time.monotonic() + self._retry_pause
+                return
+            except Exception:
+                # A conflict: the store may have taken part of it before it failed.
+                recorded = self._held_one_by_one(chunk)
+            else:
+                recorded = chunk
+            with self._lock:
+                for _ in chunk:
+                    self._held.popleft()
+                self._held_events -= size
+                if not self._held:
+                    log.warning("the store writes again: the held events are recorded")
+            self._count(chunk, recorded=recorded, split=recorded is not chunk)
+
+    def _held_one_by_one(self, chunk: list[_Submission]) -> list[_Submission]:
+        recorded = []
+        for submission in chunk:
+            try:
+                self._log.append(submission.events)
+            except Exception as error:
+                log.error("held events of %s are not recorded: %s",
+                          submission.events[0].originator_id, error)  # fmt: skip
+            else:
+                recorded.append(submission)
+        return recorded
 
     def _failed(self, batch: list[_Submission], error: Exception) -> list[Outcome]:
         if isinstance(error, STORE_FAILURES) or len(batch) == 1:

@@ -79,7 +79,8 @@ class Serving:
             access = bootstrap.cluster_access(config, self.hub)
             self.demand = DemandTracker()
             self.controller = bootstrap.controller_for(config, self.hub, access, self.demand)
-            self.recorder = GroupCommitter(self.hub.log)
+            self.recorder = GroupCommitter(self.hub.log,
+                                           hold_limit=config.proxy.store_outage_buffer)  # fmt: skip
         except BaseException:
             self.hub.close()
             raise

@@ -119,7 +119,8 @@ def create_app(
     async def prometheus(request: Request) -> Response:
         with hub.lock:
             services = dict(hub.state.services)
-            text = metrics.render(router, services, None if link_up is None else link_up())
+            link = None if link_up is None else link_up()
+            text = metrics.render(router, services, link, recorder.held_events)
         return Response(text, media_type="text/plain; version=0.0.4")
 
     routes = [Route("/health", health), Route("/metrics", prometheus),

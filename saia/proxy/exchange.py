@@ -37,7 +37,7 @@ from saia.proxy.metering import Meter
 from saia.proxy.metrics import ProxyMetrics
 from saia.proxy.routing import Router
 from saia.proxy.settings import ProxySettings
-from saia.recording import GroupCommitter, RecorderClosed, RecorderOverloaded
+from saia.recording import GroupCommitter, RecorderClosed, RecorderOverloaded, StoreUnavailable
 
 logger = logging.getLogger("saia.proxy")
 
@@ -87,7 +87,7 @@ class Exchange:
     def record_start(self) -> None:
         try:
             self._started = self.recorder.asubmit(self.request)
-        except (RecorderClosed, RecorderOverloaded) as error:
+        except (RecorderClosed, RecorderOverloaded, StoreUnavailable) as error:
             logger.warning("request %s not recorded: %s", self.id, error)
             raise not_recorded() from None
 
@@ -115,7 +115,7 @@ class Exchange:
     def _hand_over(self) -> None:
         try:
             future = self.recorder.submit(self.request)
-        except (RecorderClosed, RecorderOverloaded) as error:
+        except (RecorderClosed, RecorderOverloaded, StoreUnavailable) as error:
             logger.error("the end of request %s is not recorded: %s", self.id, error)
             return
         future.add_done_callback(self._report_failure)

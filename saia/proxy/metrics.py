@@ -47,9 +47,14 @@ class ProxyMetrics:
             self._sums[service] = self._sums.get(service, 0.0) + seconds
 
     def render(
-        self, router: Router, services: Mapping[str, ServiceView], link_up: bool | None = None
+        self,
+        router: Router,
+        services: Mapping[str, ServiceView],
+        link_up: bool | None = None,
+        held_events: int = 0,
     ) -> str:
-        """``link_up``: whether the SSH link to the login node is up; None: there is none."""
+        """``link_up``: whether the SSH link to the login node is up; None: there is none.
+        ``held_events``: events held in memory because the store cannot write."""
         lines = [
             "# HELP saia_requests_total Requests answered or refused, by service and status.",
             "# TYPE saia_requests_total counter",
@@ -83,6 +88,8 @@ class ProxyMetrics:
             lines.append(f"saia_request_seconds_sum{{{label}}} {sums[service]}")
             lines.append(f"saia_request_seconds_count{{{label}}} {total}")
         lines += _gauges(router, services)
+        lines += ["# HELP saia_held_events Events held in memory because the store cannot write.",
+                  "# TYPE saia_held_events gauge", f"saia_held_events {held_events}"]  # fmt: skip
         if link_up is not None:
             lines += ["# HELP saia_link_up Whether the SSH link to the login node is up.",
                       "# TYPE saia_link_up gauge", f"saia_link_up {int(link_up)}"]  # fmt: skip

@@ -20,4 +20,5 @@ class ProxySettings:
     anonymous_user: str = "anonymous"
     connect_attempts: int = 3  # backends tried for one request on connection failures
     unreachable_pause: float = 5.0  # seconds a job that refused a connection gets no requests
+    store_outage_buffer: int = 0  # events held in memory while the store cannot write; 0: 503
     shutdown_grace: float = 30.0  # seconds in-flight requests get to finish on SIGTERM

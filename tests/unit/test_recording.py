@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -17,12 +18,13 @@ from eventsourcing.persistence import IntegrityError, Mapper, OperationalError, 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from saia import recording
 from saia.adapters.store import EventLog, MemoryStore, SqliteStore
 from saia.domain.job import DrainReason, FinalState, Job
 from saia.domain.request import Request
 from saia.domain.service import Service
 from saia.domain.spec import ServiceSpec
-from saia.recording import GroupCommitter, RecorderClosed, RecorderOverloaded
+from saia.recording import GroupCommitter, RecorderClosed, RecorderOverloaded, StoreUnavailable
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 PRODUCERS = 64
@@ -179,6 +181,84 @@ def test_a_store_that_is_down_fails_every_producer_without_retrying(
         down = False
         committer.record(started(11))  # and it recovers with the store
     assert len(recorded(log)) == 1
+
+
+class Outage:
+    """The log's append fails with the store's error while ``down``."""
+
+    def __init__(self, log: EventLog) -> None:
+        self.down = True
+        self.attempts = 0
+        self._append = log.append
+
+    def append(self, stored_events: Sequence[StoredEvent], *more: Callable[[], None]) -> None:
+        self.attempts += 1
+        if self.down:
+            raise OperationalError("disk I/O error")
+        self._append(stored_events, *more)
+
+
+@pytest.fixture
+def outage(log: EventLog, monkeypatch: pytest.MonkeyPatch) -> Outage:
+    outage = Outage(log)
+    monkeypatch.setattr(log, "append", outage.append)
+    monkeypatch.setattr(recording, "RETRY_FIRST", 0.05)
+    return outage
+
+
+def wait_until(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_with_a_hold_limit_a_store_that_is_down_holds_events_and_records_them_in_order(
+    log: EventLog, outage: Outage
+) -> None:
+    """Producers are told at once while the store is down; once it is back, every held
+    event is recorded in the order it was handed over, each request's Started first."""
+    with GroupCommitter(log, hold_limit=100) as committer:
+        requests = [started(i) for i in range(10)]
+        for future in [committer.submit(r) for r in requests]:
+            assert future.exception(timeout=10) is None
+        for r in requests[:5]:
+            r.finish(200, "job", 10, 1, 1, T0)
+            committer.record(r)  # told at once too, behind the Started
+        assert committer.held_events == 15 and recorded(log) == []
+        tries = outage.attempts
+        wait_until(lambda: outage.attempts > tries, "the store was not tried again")
+        outage.down = False
+        wait_until(lambda: committer.held_events == 0, "the held events were not recorded")
+        after = started(99)
+        committer.record(after)  # and new ones are recorded directly again
+    order = [(UUID(str(r.id)), 1) for r in requests] + [(UUID(str(r.id)), 2) for r in requests[:5]]
+    assert [(key, version) for key, version, _ in recorded(log)] == [*order, (after.id, 1)]
+
+
+def test_beyond_the_hold_limit_a_producer_gets_store_unavailable(
+    log: EventLog, outage: Outage
+) -> None:
+    """Held events are bounded: past the limit the producer is refused, as without one."""
+    with GroupCommitter(log, hold_limit=3) as committer:
+        committer.record(started(0))
+        committer.record(started(1))
+        committer.record(started(2))
+        with pytest.raises(StoreUnavailable):
+            committer.submit(started(3))
+        assert committer.held_events == 3
+        outage.down = False
+    assert len(recorded(log)) == 3  # close records what was held
+
+
+def test_held_events_the_store_never_takes_are_lost_at_close_and_said_so(
+    log: EventLog, outage: Outage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Holding trades durability for service: a store still down at close loses them, loudly."""
+    with GroupCommitter(log, hold_limit=10) as committer:
+        committer.record(started(0))
+    assert recorded(log) == []
+    assert "1 held events are lost" in caplog.text
 
 
 def test_an_event_that_cannot_be_encoded_fails_its_own_producer_at_once(log: EventLog) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 
 import httpx
 import pytest
+from eventsourcing.persistence import OperationalError, StoredEvent
 
+from saia import recording
 from saia.demand import DemandTracker
 from saia.proxy.app import create_app
 from saia.proxy.backend import HttpBackend
@@ -85,6 +88,47 @@ def test_unrecordable_request_is_refused_with_503(ready: Proxy) -> None:
                               json={"model": SERVICE, "prompt": "x"})  # fmt: skip
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "recording_failed"
+
+
+@pytest.mark.parametrize("buffer", [0, 100])
+def test_while_the_store_cannot_write_requests_get_503_or_with_a_buffer_are_served(
+    ready: Proxy, monkeypatch: pytest.MonkeyPatch, buffer: int
+) -> None:
+    """Without store_outage_buffer no request is served unrecorded (503). With it, requests
+    are served, their events held in memory (shown in /metrics) and recorded once the
+    store writes again."""
+    monkeypatch.setattr(recording, "RETRY_FIRST", 0.05)
+    down = True
+    append = ready.log.append
+
+    def failing_append(stored_events: Sequence[StoredEvent], *more: Callable[[], None]) -> None:
+        if down:
+            raise OperationalError("disk I/O error")
+        append(stored_events, *more)
+
+    monkeypatch.setattr(ready.log, "append", failing_append)
+    recorder = GroupCommitter(ready.log, hold_limit=buffer)
+    settings = ProxySettings(store_outage_buffer=buffer, trusted_user_header="x-user")
+    app = create_app(ready.hub, DemandTracker(), recorder, HttpBackend(), settings, lambda: None)
+    with recorder, serving(app) as port:
+        url = f"http://127.0.0.1:{port}"
+        body, user = {"model": SERVICE, "prompt": "x"}, {"x-user": "erin"}
+        statuses = [httpx.post(f"{url}/v1/completions", json=body, headers=user).status_code
+                    for _ in range(3)]  # fmt: skip
+        held = httpx.get(f"{url}/metrics").text.splitlines()
+        down = False
+        if buffer:
+            deadline = time.monotonic() + 10
+            while recorder.held_events:
+                assert time.monotonic() < deadline, "the held events were not recorded"
+                time.sleep(0.01)
+    if not buffer:
+        assert statuses == [503, 503, 503]
+        assert ready.accounting().usage == {}
+        return
+    assert statuses == [200, 200, 200]
+    assert "saia_held_events 6" in held
+    assert settled_usage(ready, requests=3)["erin"][:2] == (3, 0)  # served, none lost
 
 
 @pytest.mark.parametrize("user_header", ["", "x-user"])
