@@ -213,6 +213,9 @@ class HttpBackend:
             except (BackendClosed, OSError):
                 # Closed by the job while idle, as we sent: the request was not read.
                 connection.close()
+            except BaseException:
+                connection.close()
+                raise
         connection = await self._connect(job)
         try:
             return await self._exchange(job, connection, request, method)

@@ -282,3 +282,16 @@ def test_a_request_head_is_http_1_1() -> None:
     """The head a job gets: request line, then the fields, then an empty line."""
     head = request_head("POST", "/v1/chat?x=1", [("host", "node1:20001"), ("accept", "*/*")])
     assert head == b"POST /v1/chat?x=1 HTTP/1.1\r\nhost: node1:20001\r\naccept: */*\r\n\r\n"
+
+
+def test_a_pooled_connection_that_answers_garbage_is_closed() -> None:
+    """A broken answer on a reused connection closes it: no socket is left behind."""
+    server = Server(lambda n: OK if n == 1 else b"garbage\r\n\r\n")
+
+    async def test(backend: HttpBackend, job: JobView) -> None:
+        assert await body_of(await backend.send(job, "POST", "/", [], b"{}")) == b"{}"
+        with pytest.raises(AnswerBroken):
+            await backend.send(job, "POST", "/", [], b"{}")
+        await asyncio.wait_for(server.gone.wait(), 5)  # the job sees the connection closed
+
+    run_with(server, test)
