@@ -70,6 +70,29 @@ def recorded(log: EventLog) -> list[tuple[UUID, int, str]]:
     return [(UUID(str(n.originator_id)), n.originator_version, n.topic) for n in notifications]
 
 
+class Outage:
+    """The log's append fails with the store's error while ``down``."""
+
+    def __init__(self, log: EventLog) -> None:
+        self.down = True
+        self.attempts = 0
+        self._append = log.append
+
+    def append(self, stored_events: Sequence[StoredEvent], *more: Callable[[], None]) -> None:
+        self.attempts += 1
+        if self.down:
+            raise OperationalError("disk I/O error")
+        self._append(stored_events, *more)
+
+
+@pytest.fixture
+def outage(log: EventLog, monkeypatch: pytest.MonkeyPatch) -> Outage:
+    outage = Outage(log)
+    monkeypatch.setattr(log, "append", outage.append)
+    monkeypatch.setattr(recording, "RETRY_FIRST", 0.05)
+    return outage
+
+
 def test_concurrent_producers_share_transactions(log: EventLog, gate: Gate) -> None:
     """64 threads submitting at once are recorded once each, in fewer transactions than that."""
     requests = [started(i) for i in range(PRODUCERS)]
@@ -157,55 +180,6 @@ def test_a_conflict_fails_only_the_guilty_producer(log: EventLog, gate: Gate) ->
     assert innocent_before.id in ids and innocent_after.id in ids
 
 
-def test_a_store_that_is_down_fails_every_producer_without_retrying(
-    log: EventLog, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """When the store itself fails, each producer of the batch gets that error, once tried."""
-    down = True
-    append = log.append
-    attempts = []
-
-    def failing_append(stored_events: Sequence[StoredEvent], *more: Callable[[], None]) -> None:
-        attempts.append(len(stored_events))
-        if down:
-            raise OperationalError("disk I/O error")
-        append(stored_events, *more)
-
-    monkeypatch.setattr(log, "append", failing_append)
-    with GroupCommitter(log) as committer:
-        futures = [committer.submit(started(i)) for i in range(10)]
-        errors = [f.exception(timeout=30) for f in futures]
-        assert all(isinstance(e, OperationalError) for e in errors)
-        assert len(attempts) == committer.stats.batches  # no one-by-one retries
-        assert committer.stats.split_batches == 0
-        down = False
-        committer.record(started(11))  # and it recovers with the store
-    assert len(recorded(log)) == 1
-
-
-class Outage:
-    """The log's append fails with the store's error while ``down``."""
-
-    def __init__(self, log: EventLog) -> None:
-        self.down = True
-        self.attempts = 0
-        self._append = log.append
-
-    def append(self, stored_events: Sequence[StoredEvent], *more: Callable[[], None]) -> None:
-        self.attempts += 1
-        if self.down:
-            raise OperationalError("disk I/O error")
-        self._append(stored_events, *more)
-
-
-@pytest.fixture
-def outage(log: EventLog, monkeypatch: pytest.MonkeyPatch) -> Outage:
-    outage = Outage(log)
-    monkeypatch.setattr(log, "append", outage.append)
-    monkeypatch.setattr(recording, "RETRY_FIRST", 0.05)
-    return outage
-
-
 def wait_until(check: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + 10
     while not check():
@@ -259,6 +233,21 @@ def test_held_events_the_store_never_takes_are_lost_at_close_and_said_so(
         committer.record(started(0))
     assert recorded(log) == []
     assert "1 held events are lost" in caplog.text
+
+
+def test_a_store_that_is_down_fails_every_producer_without_retrying(
+    log: EventLog, outage: Outage
+) -> None:
+    """When the store itself fails, each producer of the batch gets that error, once tried."""
+    with GroupCommitter(log) as committer:
+        futures = [committer.submit(started(i)) for i in range(10)]
+        errors = [f.exception(timeout=30) for f in futures]
+        assert all(isinstance(e, OperationalError) for e in errors)
+        assert outage.attempts == committer.stats.batches  # no one-by-one retries
+        assert committer.stats.split_batches == 0
+        outage.down = False
+        committer.record(started(11))  # and it recovers with the store
+    assert len(recorded(log)) == 1
 
 
 def test_an_event_that_cannot_be_encoded_fails_its_own_producer_at_once(log: EventLog) -> None:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
 
 import httpx
 import pytest
-from eventsourcing.persistence import OperationalError, StoredEvent
 
 from saia import recording
 from saia.demand import DemandTracker
@@ -16,6 +14,7 @@ from saia.proxy.backend import HttpBackend
 from saia.proxy.settings import ProxySettings
 from saia.recording import GroupCommitter
 from tests.unit.proxy.harness import SERVICE, Proxy, serving
+from tests.unit.test_recording import Outage
 
 
 def settled_usage(proxy: Proxy, requests: int) -> dict[str, tuple[int, int, int, int]]:
@@ -98,15 +97,8 @@ def test_while_the_store_cannot_write_requests_get_503_or_with_a_buffer_are_serv
     are served, their events held in memory (shown in /metrics) and recorded once the
     store writes again."""
     monkeypatch.setattr(recording, "RETRY_FIRST", 0.05)
-    down = True
-    append = ready.log.append
-
-    def failing_append(stored_events: Sequence[StoredEvent], *more: Callable[[], None]) -> None:
-        if down:
-            raise OperationalError("disk I/O error")
-        append(stored_events, *more)
-
-    monkeypatch.setattr(ready.log, "append", failing_append)
+    outage = Outage(ready.log)
+    monkeypatch.setattr(ready.log, "append", outage.append)
     recorder = GroupCommitter(ready.log, hold_limit=buffer)
     settings = ProxySettings(store_outage_buffer=buffer, trusted_user_header="x-user")
     app = create_app(ready.hub, DemandTracker(), recorder, HttpBackend(), settings, lambda: None)
@@ -116,7 +108,7 @@ def test_while_the_store_cannot_write_requests_get_503_or_with_a_buffer_are_serv
         statuses = [httpx.post(f"{url}/v1/completions", json=body, headers=user).status_code
                     for _ in range(3)]  # fmt: skip
         held = httpx.get(f"{url}/metrics").text.splitlines()
-        down = False
+        outage.down = False
         if buffer:
             deadline = time.monotonic() + 10
             while recorder.held_events:
