@@ -10,6 +10,7 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
 
+from saia.adapters.projection_db import ProjectionDb
 from saia.adapters.store import EventLog, StoreSettings
 from saia.domain.cluster import CLUSTER_ID, Cluster
 from saia.domain.errors import JobNotFound
@@ -28,16 +29,26 @@ def utc(epoch: float) -> datetime:
 
 
 class Hub:
+    """The log, and the projections kept from it in the store's database.
+
+    Service state and API keys are what serving reads, kept in memory; accounting
+    lives in tables and has a runner of its own, so that building it (after an
+    upgrade changed it) never holds up serving.
+    """
+
     def __init__(self, store: StoreSettings) -> None:
         self.log = EventLog(store)
+        self.db = ProjectionDb.beside(self.log)
         self.state = ServiceState()
-        self.accounting = Accounting()
         self.keys = ApiKeys()
-        self.runner = ProjectionRunner(self.log, [self.state, self.accounting, self.keys])
+        self.runner = ProjectionRunner(self.log, self.db, [self.state, self.keys])
+        self.accounting = Accounting()
+        self.accounts = ProjectionRunner(self.log, self.db, [self.accounting])
         # The projections are written by one thread at a time (the controller's, which
         # reads them without this lock) and read by the proxy's, which holds it.
         self.lock = threading.RLock()
         self._refreshing = threading.Lock()
+        self._accounting = threading.Lock()
         self._closers: list[Callable[[], None]] = []
 
     def on_close(self, closer: Callable[[], None]) -> None:
@@ -45,9 +56,21 @@ class Hub:
         self._closers.append(closer)
 
     def refresh(self) -> int:
-        """Bring the projections up to the log; the proxy waits only while events apply."""
+        """Bring service state and keys up to the log; the proxy waits only while events apply."""
         with self._refreshing:
             return self.runner.catch_up(guard=self.lock)
+
+    def account(self) -> int:
+        """Bring the accounting tables up to the log."""
+        with self._accounting:
+            return self.accounts.catch_up()
+
+    def checkpoint(self) -> None:
+        """Write every projection as it is now, so that the next start has nothing to apply."""
+        with self._refreshing:
+            self.runner.checkpoint(guard=self.lock)
+        with self._accounting:
+            self.accounts.checkpoint()
 
     def job(self, job_id: UUID) -> Job:
         try:
@@ -85,4 +108,5 @@ class Hub:
     def close(self) -> None:
         while self._closers:
             self._closers.pop()()
+        self.db.close()
         self.log.close()

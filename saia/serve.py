@@ -4,8 +4,11 @@ The proxy (uvicorn, on the main thread's event loop) and the controller (its
 own thread, pass after pass) share the Hub's live projections and one
 DemandTracker: requests waiting for a service with no ready job count as its
 demand and wake the controller at once. The controller's thread is the only
-one that brings the projections up to the log, so API keys issued or revoked
-by ``saia keys`` in another process take effect within one controller pass.
+one that brings service state and keys up to the log, so API keys issued or
+revoked by ``saia keys`` in another process take effect within one controller
+pass. A third thread keeps the accounting tables up to the log, every second.
+
+On SIGTERM every projection is checkpointed, so the next start applies nothing.
 """
 
 from __future__ import annotations
@@ -23,12 +26,15 @@ from saia.adapters.lock import FileLock
 from saia.config import Config
 from saia.controller import Controller, run
 from saia.demand import DemandTracker
+from saia.hub import Hub
 from saia.proxy.app import create_app
 from saia.proxy.keys import KeyChecker
 from saia.recording import GroupCommitter
 
 log = logging.getLogger(__name__)
 
+# Seconds between catch-ups of the accounting tables.
+ACCOUNTING_INTERVAL = 1.0
 # How long start-up waits for the controller to check the log against Slurm before
 # requests are let in; beyond it, they are served from what the log says.
 FIRST_PASS_WAIT = 30.0
@@ -70,6 +76,30 @@ class ControllerThread:
             self.first_pass.set()
 
 
+class AccountingThread:
+    """Brings the accounting tables up to the log every ACCOUNTING_INTERVAL; a store that
+    cannot be read or written is tried again at the next interval."""
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="saia-accounting", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(ACCOUNTING_INTERVAL):
+            try:
+                self._hub.account()
+            except Exception:  # the store's errors, whichever backend: try again later
+                log.exception("accounting could not catch up with the log")
+
+
 class Serving:
     """The whole hub, built from a configuration; ``run`` it, ``stop`` it from elsewhere."""
 
@@ -102,6 +132,7 @@ class Serving:
         )
         self._passes = ControllerThread(self.controller, bootstrap.controller_lock(config),
                                         self.stop)  # fmt: skip
+        self._accounting = AccountingThread(self.hub)
 
     def run(self) -> int:
         """Serve until SIGINT or SIGTERM (on the main thread) or ``stop``; then close all.
@@ -120,6 +151,7 @@ class Serving:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(signum, _already_handled)
         self._passes.start()
+        self._accounting.start()
         if not self._passes.first_pass.wait(FIRST_PASS_WAIT):
             log.warning("no controller pass within %g s; serving from the log's state",
                         FIRST_PASS_WAIT)  # fmt: skip
@@ -127,12 +159,23 @@ class Serving:
             self.server.run()
         finally:
             self._passes.stop()
+            self._accounting.stop()
             self.recorder.close()
+            self._checkpoint()
             self.hub.close()
         return 0 if self.server.started and not self._passes.crashed else 1
 
     def stop(self) -> None:
         self.server.should_exit = True
+
+    def _checkpoint(self) -> None:
+        """Everything recorded, applied and checkpointed, so the next start applies nothing."""
+        try:
+            self.hub.refresh()
+            self.hub.account()
+            self.hub.checkpoint()
+        except Exception:  # the store's errors: the next start applies what is missing
+            log.exception("projections not checkpointed at shutdown")
 
 
 def _already_handled(signum: int, frame: FrameType | None) -> None:

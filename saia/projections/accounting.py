@@ -1,90 +1,195 @@
-"""Accounting: usage per user x service x day, and job-hours per service."""
+"""Accounting: usage per user, service and day (and per hour for the last days), and the
+time each service's jobs ran, as tables in the store's database.
+
+Memory holds only what is open at the projection's position (requests started and
+not yet finished, jobs not yet ended) and the counts added since the last
+checkpoint; the checkpoint adds those to the tables (upserts) and keeps the open
+part in its row. Times are summed in whole milliseconds, so that the totals do
+not depend on how the events were split into checkpoints.
+
+A request counts on the day and hour it arrived (UTC), when it finishes or is
+refused.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
 from uuid import UUID
 
+import orjson
+
+from saia.adapters.projection_db import Cursor, ProjectionDb
 from saia.domain.job import Job
 from saia.domain.request import Request
 
+# The counters of a usage row, in table order.
+COUNTERS = ("requests", "errors", "prompt_tokens", "completion_tokens", "bytes_in",
+            "bytes_out", "request_ms")  # fmt: skip
+# Hourly rows are kept for this many days before the latest event.
+HOURLY_DAYS = 7
 
-@dataclass(slots=True)
-class Usage:
-    requests: int = 0
-    errors: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    request_seconds: float = 0.0
+Key = tuple[str, str, str]  # day or hour, user, service
 
 
 @dataclass(frozen=True, slots=True)
-class OpenRequest:
-    key: tuple[str, str, str]  # user, service, day (UTC, of arrival)
-    started_at: float
+class Usage:
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    bytes_in: int
+    bytes_out: int
+    request_seconds: float
+
+
+def daily_usage(db: ProjectionDb) -> dict[tuple[str, str, str], Usage]:
+    """Every row of the daily table, by user, service and day."""
+    daily = Accounting.tables(db, Accounting.VERSION)[0]
+    with db.reading() as cursor:
+        cursor.execute(f"SELECT user_name, service, day, {', '.join(COUNTERS)} FROM {daily}")
+        rows = cursor.fetchall()
+    return {(user, service, day): Usage(requests, errors, prompt, completion, bytes_in,
+                                        bytes_out, request_ms / 1000)
+            for user, service, day, requests, errors, prompt, completion, bytes_in, bytes_out,
+            request_ms in rows}  # fmt: skip
+
+
+def _hour(at: datetime) -> str:
+    return at.isoformat()[:13]  # 2026-12-02T07: event times are UTC
+
+
+def _ms(seconds: float) -> int:
+    return max(0, round(seconds * 1000))
 
 
 class Accounting:
+    NAME: ClassVar[str] = "accounting"
+    VERSION: ClassVar[int] = 1
+    LAZY: ClassVar[int] = 1  # reports read the tables: every catch-up writes them
+    ADDITIVE: ClassVar[bool] = True
+
     def __init__(self) -> None:
-        self.usage: dict[tuple[str, str, str], Usage] = {}
-        self.job_seconds: dict[str, float] = {}  # service -> seconds of ended jobs
-        self.running_since: dict[UUID, tuple[str, float]] = {}  # job -> (service, started)
-        self._job_service: dict[UUID, str] = {}
-        self._open: dict[UUID, OpenRequest] = {}
+        self._clear()
 
-    def job_hours(self, service: str, now: float | None = None) -> float:
-        """Hours of ended jobs, plus running ones up to ``now`` when given."""
-        seconds = self.job_seconds.get(service, 0.0)
-        if now is not None:
-            seconds += sum(
-                now - since for name, since in self.running_since.values() if name == service
-            )
-        return seconds / 3600.0
+    def _clear(self) -> None:
+        # request -> user, service, hour of arrival, arrival (epoch s), bytes in
+        self._open: dict[UUID, tuple[str, str, str, float, int]] = {}
+        self._job_service: dict[UUID, str] = {}  # jobs requested and not ended
+        self.running_since: dict[UUID, tuple[str, float]] = {}  # job -> service, start
+        self.latest = 0.0  # time of the latest event applied
+        self._hourly: dict[Key, list[int]] = {}  # counts since the checkpoint
+        self._jobs: dict[str, list[int]] = {}  # service -> ms, jobs ended
 
-    def fingerprint(self) -> Any:
-        return (
-            dict(self.usage),
-            dict(self.job_seconds),
-            dict(self.running_since),
-            dict(self._job_service),
-            dict(self._open),
+    # -- checkpoints ---------------------------------------------------------------------
+
+    @classmethod
+    def tables(cls, db: ProjectionDb, version: int) -> list[str]:
+        """daily, hourly, jobs."""
+        return [db.table(f"saia_accounting_v{version}_{name}")
+                for name in ("daily", "hourly", "jobs")]  # fmt: skip
+
+    def create(self, db: ProjectionDb) -> list[str]:
+        daily, hourly, jobs = self.tables(db, self.VERSION)
+        counters = ", ".join(f"{name} BIGINT NOT NULL" for name in COUNTERS)
+        return [
+            f"CREATE TABLE IF NOT EXISTS {daily} (day TEXT NOT NULL, user_name TEXT NOT NULL, "
+            f"service TEXT NOT NULL, {counters}, PRIMARY KEY (day, user_name, service))",
+            f"CREATE TABLE IF NOT EXISTS {hourly} (hour TEXT NOT NULL, user_name TEXT NOT NULL, "
+            f"service TEXT NOT NULL, {counters}, PRIMARY KEY (hour, user_name, service))",
+            f"CREATE TABLE IF NOT EXISTS {jobs} (service TEXT PRIMARY KEY, "
+            "job_ms BIGINT NOT NULL, jobs BIGINT NOT NULL)",
+        ]
+
+    def snapshot(self) -> bytes:
+        return orjson.dumps({
+            "open": [[k.hex, *v] for k, v in self._open.items()],
+            "jobs": {k.hex: v for k, v in self._job_service.items()},
+            "running": {k.hex: v for k, v in self.running_since.items()},
+            "latest": self.latest,
+        })
+
+    def restore(self, snapshot: bytes | None) -> None:
+        self._clear()
+        if snapshot is None:
+            return
+        data = orjson.loads(snapshot)
+        self._open = {UUID(k): (u, s, h, at, n) for k, u, s, h, at, n in data["open"]}
+        self._job_service = {UUID(k): v for k, v in data["jobs"].items()}
+        self.running_since = {UUID(k): (v[0], v[1]) for k, v in data["running"].items()}
+        self.latest = data["latest"]
+
+    def write(self, cursor: Cursor, db: ProjectionDb) -> None:
+        daily, hourly, jobs = self.tables(db, self.VERSION)
+        days: dict[Key, list[int]] = {}
+        for (hour, user, service), counts in self._hourly.items():
+            total = days.setdefault((hour[:10], user, service), [0] * len(COUNTERS))
+            for i, n in enumerate(counts):
+                total[i] += n
+        cursor.executemany(_upsert(daily, "day"), [(*k, *v) for k, v in days.items()])
+        cutoff = self.hourly_cutoff()
+        cursor.executemany(
+            _upsert(hourly, "hour"), [(*k, *v) for k, v in self._hourly.items() if k[0] >= cutoff]
+        )
+        cursor.execute(f"DELETE FROM {hourly} WHERE hour < ?", (cutoff,))
+        cursor.executemany(
+            f"INSERT INTO {jobs} AS t (service, job_ms, jobs) VALUES (?, ?, ?) "
+            "ON CONFLICT (service) DO UPDATE SET job_ms = t.job_ms + excluded.job_ms, "
+            "jobs = t.jobs + excluded.jobs",
+            [(service, ms, n) for service, (ms, n) in self._jobs.items()],
         )
 
-    def apply(self, event: object) -> None:
+    def written(self) -> None:
+        self._hourly = {}
+        self._jobs = {}
+
+    def hourly_cutoff(self) -> str:
+        """The oldest hour the hourly table keeps: a function of the log, not of the clock."""
+        if not self.latest:
+            return ""
+        return _hour(datetime.fromtimestamp(self.latest, UTC) - timedelta(days=HOURLY_DAYS))
+
+    # -- events --------------------------------------------------------------------------
+
+    def apply(self, event: Any) -> None:
         handler = _HANDLERS.get(type(event))
         if handler is not None:
+            at = event.timestamp.timestamp()
+            self.latest = max(self.latest, at)
             handler(self, event)
 
     def _request_started(self, e: Request.Started) -> None:
-        day = e.timestamp.date().isoformat()
-        self._open[e.originator_id] = OpenRequest((e.user, e.service, day), e.timestamp.timestamp())
+        at = e.timestamp
+        self._open[e.originator_id] = (e.user, e.service, _hour(at), at.timestamp(), e.bytes_in)
 
     def _request_finished(self, e: Request.Finished) -> None:
-        usage = self._close(e.originator_id, e.timestamp.timestamp())
-        if usage is None:
-            return
-        if e.status >= 400:
-            usage.errors += 1
-        usage.prompt_tokens += e.prompt_tokens
-        usage.completion_tokens += e.completion_tokens
+        counts = self._close(e.originator_id, e.timestamp.timestamp())
+        if counts is not None:
+            counts[1] += e.status >= 400
+            counts[2] += e.prompt_tokens
+            counts[3] += e.completion_tokens
+            counts[5] += e.bytes_out
 
     def _request_rejected(self, e: Request.Rejected) -> None:
-        usage = self._close(e.originator_id, e.timestamp.timestamp())
-        if usage is not None:
-            usage.errors += 1
+        counts = self._close(e.originator_id, e.timestamp.timestamp())
+        if counts is not None:
+            counts[1] += 1
 
-    def _close(self, request: UUID, at: float) -> Usage | None:
+    def _close(self, request: UUID, at: float) -> list[int] | None:
         opened = self._open.pop(request, None)
         if opened is None:
             return None
-        usage = self.usage.get(opened.key)
-        if usage is None:
-            usage = self.usage[opened.key] = Usage()
-        usage.requests += 1
-        usage.request_seconds += max(0.0, at - opened.started_at)
-        return usage
+        user, service, hour, started, bytes_in = opened
+        key = (hour, user, service)
+        counts = self._hourly.get(key)
+        if counts is None:
+            counts = self._hourly[key] = [0] * len(COUNTERS)
+        counts[0] += 1
+        counts[4] += bytes_in
+        counts[6] += _ms(at - started)
+        return counts
 
     def _job_requested(self, e: Job.Requested) -> None:
         self._job_service[e.originator_id] = e.service
@@ -93,12 +198,24 @@ class Accounting:
         service = self._job_service[e.originator_id]
         self.running_since[e.originator_id] = (service, e.timestamp.timestamp())
 
-    def _job_ended(self, e: Job.Ended) -> None:
+    def _job_gone(self, e: Job.Ended | Job.SubmissionFailed) -> None:
+        self._job_service.pop(e.originator_id, None)
         running = self.running_since.pop(e.originator_id, None)
         if running is not None:
             service, since = running
-            elapsed = max(0.0, e.timestamp.timestamp() - since)
-            self.job_seconds[service] = self.job_seconds.get(service, 0.0) + elapsed
+            totals = self._jobs.setdefault(service, [0, 0])
+            totals[0] += _ms(e.timestamp.timestamp() - since)
+            totals[1] += 1
+
+
+def _upsert(table: str, period: str) -> str:
+    names = ", ".join(COUNTERS)
+    marks = ", ".join("?" * (3 + len(COUNTERS)))
+    sums = ", ".join(f"{name} = t.{name} + excluded.{name}" for name in COUNTERS)
+    return (
+        f"INSERT INTO {table} AS t ({period}, user_name, service, {names}) VALUES ({marks}) "
+        f"ON CONFLICT ({period}, user_name, service) DO UPDATE SET {sums}"
+    )
 
 
 _HANDLERS: dict[type, Callable[[Accounting, Any], None]] = {
@@ -107,5 +224,6 @@ _HANDLERS: dict[type, Callable[[Accounting, Any], None]] = {
     Request.Rejected: Accounting._request_rejected,
     Job.Requested: Accounting._job_requested,
     Job.Started: Accounting._job_started,
-    Job.Ended: Accounting._job_ended,
+    Job.Ended: Accounting._job_gone,
+    Job.SubmissionFailed: Accounting._job_gone,
 }

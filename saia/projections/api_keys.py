@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import astuple, dataclass, replace
+from typing import Any, ClassVar
 from uuid import UUID
 
+import orjson
+
 from saia.domain.key import ApiKey
+from saia.projections.runner import InMemory
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,9 +23,20 @@ class KeyView:
     revoked: bool = False
 
 
-class ApiKeys:
+class ApiKeys(InMemory):
+    NAME: ClassVar[str] = "API keys"
+    VERSION: ClassVar[int] = 1
+
     def __init__(self) -> None:
         self.keys: dict[UUID, KeyView] = {}
+
+    def snapshot(self) -> bytes:
+        return orjson.dumps([[view.id.hex, *astuple(view)[1:]] for view in self.keys.values()])
+
+    def restore(self, snapshot: bytes | None) -> None:
+        # The proxy reads ``keys`` without a lock: it gets the whole new dict or the old one.
+        views = (KeyView(UUID(row[0]), *row[1:]) for row in orjson.loads(snapshot or b"[]"))
+        self.keys = {view.id: view for view in views}
 
     def fingerprint(self) -> Any:
         return dict(self.keys)

@@ -5,22 +5,31 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import replace
-from typing import Any
+from dataclasses import fields, replace
+from typing import Any, ClassVar
 from uuid import UUID
+
+import orjson
 
 from saia.domain.job import DrainReason, Job, Phase
 from saia.domain.request import Request
 from saia.domain.service import Service
 from saia.domain.spec import ServiceSpec
 from saia.domain.state import STARTUP_SAMPLES, JobView, ServiceView
+from saia.projections.runner import InMemory
 
 # Requests that changed the number of slots, for the scale-down cooldown.
 SCALING_REASONS = frozenset({"demand", "minimum"})
 
 
-class ServiceState:
+class ServiceState(InMemory):
+    NAME: ClassVar[str] = "service state"
+    VERSION: ClassVar[int] = 1
+
     def __init__(self) -> None:
+        self._clear()
+
+    def _clear(self) -> None:
         self.services: dict[str, ServiceView] = {}
         self.service_names: dict[UUID, str] = {}  # Service aggregate id -> service id
         self.job_service: dict[UUID, str] = {}  # every job ever, for lookups by id
@@ -52,6 +61,31 @@ class ServiceState:
             dict(self.request_service),
             dict(self.ended),
         )
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """Everything, as JSON; services and jobs keep their order, which planning follows."""
+        return orjson.dumps({
+            "services": [[name, _service_data(view)] for name, view in self.services.items()],
+            "service_names": {k.hex: v for k, v in self.service_names.items()},
+            "job_service": {k.hex: v for k, v in self.job_service.items()},
+            "tokens": sorted(self.tokens),
+            "request_service": {k.hex: v for k, v in self.request_service.items()},
+            "ended": [[service, state, n] for (service, state), n in self.ended.items()],
+        })
+
+    def restore(self, snapshot: bytes | None) -> None:
+        self._clear()
+        if snapshot is None:
+            return
+        data = orjson.loads(snapshot)
+        self.services = {name: _service_view(view) for name, view in data["services"]}
+        self.service_names = {UUID(k): v for k, v in data["service_names"].items()}
+        self.job_service = {UUID(k): v for k, v in data["job_service"].items()}
+        self.tokens = set(data["tokens"])
+        self.request_service = {UUID(k): v for k, v in data["request_service"].items()}
+        self.ended = Counter({(service, state): n for service, state, n in data["ended"]})
 
     # -- events ------------------------------------------------------------------
 
@@ -167,6 +201,55 @@ class ServiceState:
         view = self.services[service]
         view.inflight -= 1
         view.last_active_at = max(view.last_active_at, e.timestamp.timestamp())
+
+
+_JOB_FIELDS = tuple(f.name for f in fields(JobView))
+
+
+def _service_data(view: ServiceView) -> dict[str, Any]:
+    return {
+        "spec": view.spec.to_dict(),
+        "registered_at": view.registered_at,
+        "retired": view.retired,
+        "jobs": [_job_data(job) for job in view.jobs.values()],
+        "last_active_at": view.last_active_at,
+        "last_scale_at": view.last_scale_at,
+        "submit_failures": view.submit_failures,
+        "last_failure_at": view.last_failure_at,
+        "startup_seconds": list(view.startup_seconds),
+        "inflight": view.inflight,
+    }
+
+
+def _service_view(data: dict[str, Any]) -> ServiceView:
+    jobs = [_job_view(job) for job in data["jobs"]]
+    return ServiceView(
+        spec=ServiceSpec.from_dict(data["spec"]),
+        registered_at=data["registered_at"],
+        retired=data["retired"],
+        jobs={job.id: job for job in jobs},
+        last_active_at=data["last_active_at"],
+        last_scale_at=data["last_scale_at"],
+        submit_failures=data["submit_failures"],
+        last_failure_at=data["last_failure_at"],
+        startup_seconds=tuple(data["startup_seconds"]),
+        inflight=data["inflight"],
+    )
+
+
+def _job_data(job: JobView) -> list[Any]:
+    values = [getattr(job, name) for name in _JOB_FIELDS]
+    return [v.hex if isinstance(v, UUID) else v.value if isinstance(v, Phase) else v
+            for v in values]  # fmt: skip
+
+
+def _job_view(values: list[Any]) -> JobView:
+    data = dict(zip(_JOB_FIELDS, values, strict=True))
+    data["id"] = UUID(data["id"])
+    data["phase"] = Phase(data["phase"])
+    if data["replaces"] is not None:
+        data["replaces"] = UUID(data["replaces"])
+    return JobView(**data)
 
 
 _HANDLERS: dict[type, Callable[[ServiceState, Any], None]] = {

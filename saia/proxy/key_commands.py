@@ -7,6 +7,7 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
 
+from saia.adapters.projection_db import ProjectionDb
 from saia.adapters.store import EventLog
 from saia.domain.key import ApiKey
 from saia.projections.api_keys import ApiKeys, KeyView
@@ -40,5 +41,9 @@ def revoke(log: EventLog, key_id: UUID, reason: str, now: float) -> None:
 
 def listing(log: EventLog) -> list[KeyView]:
     keys = ApiKeys()
-    ProjectionRunner(log, [keys]).catch_up()
+    db = ProjectionDb.beside(log)
+    try:
+        ProjectionRunner(log, db, [keys]).catch_up()
+    finally:
+        db.close()
     return sorted(keys.keys.values(), key=lambda view: (view.user, view.issued_at))

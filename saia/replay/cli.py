@@ -1,4 +1,8 @@
-"""The ``saia-replay`` command line: reads the log named by ``--config``, never writes it."""
+"""The ``saia-replay`` command line: reads the log named by ``--config``, never writes it.
+
+``accounting`` brings the accounting tables up to the log before it reads them, and
+``rebuild`` replaces projections: both write projections, which are the log's to derive.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from saia import config, settings
+from saia.adapters.projection_db import ProjectionDb
 from saia.adapters.store import EventLog
 from saia.domain.errors import DomainError
 from saia.projections.accounting import Accounting
+from saia.projections.runner import ProjectionRunner
 from saia.replay import output, simulate_cli, verify_cli
 from saia.replay.at_time import state_at
 from saia.replay.checkpoints import KeyFileError
-from saia.replay.events import as_dict, fields_text, when
+from saia.replay.events import as_dict, fields_text
 from saia.replay.progress import progress
 from saia.replay.reports import COLUMNS, Grouping, report
 from saia.replay.selection import Selection
@@ -76,8 +82,10 @@ def _parser(default_config: Path) -> argparse.ArgumentParser:
     life.add_argument("--json", action="store_true")
     life.set_defaults(run=_timeline)
 
-    usage = commands.add_parser("accounting", help="usage by user, service, day or month")
+    usage = commands.add_parser("accounting", help="usage by user, service, day, month or hour")
     usage.add_argument("--by", type=Grouping, choices=list(Grouping), default=Grouping.USER)
+    usage.add_argument("--since", type=moment, help="from this day (hour, with --by hour) on")
+    usage.add_argument("--until", type=moment, help="up to this day (hour) included")
     usage.add_argument("--format", choices=("table", "csv", "json"), default="table")
     usage.set_defaults(run=_accounting)
 
@@ -194,14 +202,18 @@ def _timeline(args: argparse.Namespace) -> int:
 
 def _accounting(args: argparse.Namespace) -> int:
     log = open_log(args)
+    db = ProjectionDb.beside(log)
     accounting = Accounting()
-    last: datetime | None = None
-    with progress("accounting", log.last_position()) as on_batch:
-        for r in recorded(log, on_batch=on_batch):
-            accounting.apply(r.event)
-            last = when(r.event)
-    # Running jobs count up to the last recorded moment: the report is the log's, not the clock's.
-    rows = report(accounting, args.by, last.timestamp() if last else None)
+    try:
+        runner = ProjectionRunner(log, db, [accounting])
+        runner.load()
+        start = runner.position
+        with progress("accounting", log.last_position() - start) as on_batch:
+            runner.catch_up(lambda position: on_batch(position - start))
+        rows = report(db, accounting, args.by, args.since, args.until)
+    finally:
+        db.close()
+        log.close()
     # Job-hours belong to a service, not to a user or a day: shown by service only.
     shown = COLUMNS if args.by is Grouping.SERVICE else COLUMNS[:-1]
     values = [tuple(getattr(row, column) for column in shown) for row in rows]

@@ -1,143 +1,170 @@
-"""Every projection rebuilt from scratch, compared with the live view the hub keeps.
+"""The projections built again from the start of the log: to replace them, or to check them.
 
-The live view is built by a fresh hub's own runner, the rebuild by the replay path.
-When the two differ at the end, further passes find the first event after which
-they differ: each pass digests both views after the same numbers of events, at
-most ``FANOUT`` times, and narrows the stretch holding the first difference by
-that factor, down to one event (one pass up to a thousand events, two up to a
-million).
+``rebuild`` drops a projection's checkpoint and tables and builds it from event
+zero, checkpointing as it goes. ``compare_projections`` builds each projection in a
+scratch database up to the position of its stored checkpoint and compares the two,
+naming the first difference: a value of what the projection holds in memory, or a
+row of one of its tables. These, with the other reports of saia-replay that walk
+the log, are the only readers of the log from its start.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Set
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any
 
+import orjson
+
+from saia.adapters.projection_db import ProjectionDb
 from saia.adapters.store import EventLog, StoreSettings
-from saia.hub import Hub
 from saia.projections.accounting import Accounting
 from saia.projections.api_keys import ApiKeys
+from saia.projections.runner import Projection, ProjectionRunner
 from saia.projections.service_state import ServiceState
-from saia.replay.digest import digest
-from saia.replay.source import recorded
 
-FANOUT = 1000
-PROJECTIONS = ("service state", "accounting", "API keys")
+KINDS: tuple[Callable[[], Projection], ...] = (ServiceState, ApiKeys, Accounting)
+SHOWN = 200  # characters of a differing value shown
 
 
-class Fingerprinted(Protocol):
-    def apply(self, event: object) -> None: ...
-    def fingerprint(self) -> Any: ...
+def projections(names: Sequence[str] = ()) -> list[Projection]:
+    """Fresh projections, all of them or those named."""
+    fresh = [kind() for kind in KINDS]
+    unknown = set(names) - {p.NAME for p in fresh}
+    if unknown:
+        raise ValueError(f"no projection named {', '.join(sorted(unknown))}; "
+                         f"they are: {', '.join(p.NAME for p in fresh)}")  # fmt: skip
+    return [p for p in fresh if not names or p.NAME in names]
 
 
-def views(state: ServiceState, accounting: Accounting, keys: ApiKeys) -> dict[str, Fingerprinted]:
-    """The projections by the names a mismatch is reported under."""
-    return dict(zip(PROJECTIONS, (state, accounting, keys), strict=True))
-
-
-def _hub_views(hub: Hub) -> dict[str, Fingerprinted]:
-    return views(hub.state, hub.accounting, hub.keys)
+def rebuild(
+    log: EventLog, names: Sequence[str] = (), on_batch: Callable[[int], None] | None = None
+) -> int:
+    """Drops the named projections (all by default) and builds them from the start of the
+    log; returns the position they reached. A hub that is running goes on serving from
+    what it holds and takes the rebuilt checkpoint as its next one."""
+    chosen = projections(names)
+    db = ProjectionDb.beside(log)
+    try:
+        db.create([statement for p in chosen for statement in p.create(db)])
+        versions = {p.NAME: db.versions(p.NAME) for p in chosen}
+        with db.transaction() as cursor:
+            for projection in chosen:
+                for version in versions[projection.NAME]:
+                    for table in projection.tables(db, version):
+                        cursor.execute(f"DROP TABLE IF EXISTS {table}")
+                    db.forget(cursor, projection.NAME, version)
+        runner = ProjectionRunner(log, db, chosen)
+        runner.catch_up(on_batch)
+        runner.checkpoint()
+        return runner.position
+    finally:
+        db.close()
 
 
 @dataclass(frozen=True, slots=True)
 class Mismatch:
     projection: str
-    position: int  # the first event after which the rebuilt view differs from the live one
-    end: int  # the position both views were read up to
+    position: int  # of its stored checkpoint, which the rebuild was taken up to
+    where: str  # the first difference
 
     def __str__(self) -> str:
-        return (
-            f"position {self.position}: {self.projection} rebuilt differs from the live "
-            f"view from this event on (compared up to position {self.end})"
-        )
+        return (f"{self.projection} at position {self.position}: the stored projection "
+                f"differs from a rebuild from the log: {self.where}")  # fmt: skip
 
 
 def compare_projections(
     store: StoreSettings, on_batch: Callable[[int], None] | None = None
 ) -> list[Mismatch]:
-    """Both views read the log up to the same position: the live one is caught up first and
-    the rebuild stops there, so events recorded meanwhile do not count as a mismatch."""
-    hub = Hub(store)
+    """Each stored projection against one rebuilt from the log up to the same position."""
+    log = EventLog(store)
+    db = ProjectionDb.beside(log)
     try:
-        with hub.lock:
-            count = hub.runner.catch_up()
-            end = hub.runner.position
-            live = {name: digest(view.fingerprint()) for name, view in _hub_views(hub).items()}
-        if count == 0:
-            return []
-        rebuilt, _ = _rebuilt(hub.log, PROJECTIONS, {count}, on_batch)
-        return [
-            Mismatch(name, _first_difference(store, hub.log, name, count, end), end)
-            for name in PROJECTIONS
-            if live[name] != rebuilt[count][name]
-        ]
+        stored = contents(db, projections())
+        with tempfile.TemporaryDirectory(prefix="saia-verify-") as folder:
+            scratch = ProjectionDb.scratch(str(Path(folder) / "scratch.db"))
+            try:
+                fresh = projections()
+                runner = ProjectionRunner(log, scratch, fresh)
+                runner.catch_up(on_batch, until={n: pos for n, (pos, _) in stored.items()})
+                runner.checkpoint()
+                rebuilt = contents(scratch, fresh)
+            finally:
+                scratch.close()
     finally:
-        hub.close()
+        db.close()
+        log.close()
+    mismatches = []
+    for name, (position, content) in stored.items():
+        where = first_difference(content, rebuilt[name][1])
+        if where is not None:
+            mismatches.append(Mismatch(name, position, where))
+    return mismatches
 
 
-def _first_difference(
-    store: StoreSettings, log: EventLog, name: str, count: int, position: int
-) -> int:
-    """The position of the first event after which the views differ, given that they differ
-    after ``count`` events, the last of them at ``position``."""
-    agree, differ = 0, count  # numbers of events after which the views agree, and differ
-    while differ - agree > 1:
-        step = -(-(differ - agree) // FANOUT)
-        counts = [*range(agree + step, differ, step), differ]
-        live = _live(store, name, set(counts))
-        rebuilt, positions = _rebuilt(log, (name,), set(counts))
-        first = next(n for n in counts if live[n] != rebuilt[n][name])
-        index = counts.index(first)
-        agree, differ = (counts[index - 1] if index else agree), first
-        position = positions[first]
-    return position
+def contents(db: ProjectionDb, chosen: Sequence[Projection]) -> dict[str, tuple[int, Any]]:
+    """Per projection, its checkpoint's position and everything it holds, read together."""
+    for projection in chosen:
+        db.create(projection.create(db))
+    contents: dict[str, tuple[int, Any]] = {}
+    with db.reading(consistent=True) as cursor:
+        for projection in chosen:
+            tracked = db.tracked_in(cursor, projection.NAME, projection.VERSION)
+            memory = orjson.loads(tracked.state) if tracked else None
+            tables: dict[str, Any] = {}
+            for table in projection.tables(db, projection.VERSION):
+                cursor.execute(f"SELECT * FROM {table} ORDER BY 1, 2")
+                tables[table.rsplit(".", 1)[-1].strip('"')] = cursor.fetchall()
+            contents[projection.NAME] = (
+                tracked.position if tracked else 0,
+                {"held in memory": memory, **tables},
+            )
+    return contents
 
 
-class _Sampler:
-    """Applied after the hub's own projections: digests its live view after chosen events."""
-
-    def __init__(self, hub: Hub, name: str, counts: Set[int]) -> None:
-        self._hub, self._name, self._counts = hub, name, counts
-        self._count = 0
-        self.digests: dict[int, str] = {}
-
-    def apply(self, event: object) -> None:
-        self._count += 1
-        if self._count in self._counts:
-            self.digests[self._count] = digest(_hub_views(self._hub)[self._name].fingerprint())
+def first_difference(stored: Any, rebuilt: Any, path: str = "") -> str | None:
+    """Where two JSON-like values first differ, in reading order; None if they are equal."""
+    if isinstance(stored, dict) and isinstance(rebuilt, dict):
+        return _dict_difference(stored, rebuilt, path)
+    if isinstance(stored, list | tuple) and isinstance(rebuilt, list | tuple):
+        return _list_difference(stored, rebuilt, path)
+    if stored != rebuilt:
+        return f"{path}: stored {_shown(stored)}, rebuilt {_shown(rebuilt)}"
+    return None
 
 
-def _live(store: StoreSettings, name: str, counts: Set[int]) -> dict[int, str]:
-    """Digests of a fresh hub's live view after the given numbers of events."""
-    hub = Hub(store)
-    try:
-        sampler = _Sampler(hub, name, counts)
-        hub.runner.projections.append(sampler)
-        hub.runner.catch_up()
-    finally:
-        hub.close()
-    return sampler.digests
+def _dict_difference(stored: dict[Any, Any], rebuilt: dict[Any, Any], path: str) -> str | None:
+    for key in [*stored, *(k for k in rebuilt if k not in stored)]:
+        here = f"{path}.{key}" if path else str(key)
+        if key not in rebuilt:
+            return f"{here}: stored {_shown(stored[key])}, missing from the rebuild"
+        if key not in stored:
+            return f"{here}: missing from the stored one, rebuilt {_shown(rebuilt[key])}"
+        found = first_difference(stored[key], rebuilt[key], here)
+        if found is not None:
+            return found
+    return None
 
 
-def _rebuilt(
-    log: EventLog,
-    names: tuple[str, ...],
-    counts: Set[int],
-    on_batch: Callable[[int], None] | None = None,
-) -> tuple[dict[int, dict[str, str]], dict[int, int]]:
-    """Digests of the rebuilt views after the given numbers of events, and those events'
-    positions."""
-    fresh = views(ServiceState(), Accounting(), ApiKeys())
-    digests: dict[int, dict[str, str]] = {}
-    positions: dict[int, int] = {}
-    last = max(counts)
-    for count, r in enumerate(recorded(log, on_batch=on_batch), start=1):
-        for view in fresh.values():
-            view.apply(r.event)
-        if count in counts:
-            digests[count] = {name: digest(fresh[name].fingerprint()) for name in names}
-            positions[count] = r.position
-        if count == last:
-            break
-    return digests, positions
+def _list_difference(stored: Sequence[Any], rebuilt: Sequence[Any], path: str) -> str | None:
+    """Rows and short lists are named whole; lists of structures are followed into."""
+    for index, (a, b) in enumerate(zip(stored, rebuilt, strict=False)):
+        if a == b:
+            continue
+        structured = isinstance(a, list) and any(isinstance(i, dict | list) for i in a)
+        if isinstance(a, dict) or structured:
+            return first_difference(a, b, f"{path}[{index}]")
+        return f"{path}[{index}]: stored {_shown(a)}, rebuilt {_shown(b)}"
+    if len(stored) == len(rebuilt):
+        return None
+    shorter = min(len(stored), len(rebuilt))
+    extra = (stored if len(stored) > shorter else rebuilt)[shorter]
+    return (f"{path}: {len(stored)} entries stored, {len(rebuilt)} rebuilt; "
+            f"the first extra one is {_shown(extra)}")  # fmt: skip
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= SHOWN else text[:SHOWN] + "..."

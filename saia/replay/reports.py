@@ -1,11 +1,18 @@
-"""Accounting reports: the accounting projection's usage, grouped as asked."""
+"""Accounting reports: the accounting tables, grouped and cut to a period, by SQL.
+
+Periods are whole days (whole hours when grouping by hour, which only the last
+days have: see saia.projections.accounting.HOURLY_DAYS). Job-hours are a
+service's over all time, running jobs counted up to the latest recorded request.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
-from saia.projections.accounting import Accounting
+from saia.adapters.projection_db import ProjectionDb
+from saia.projections.accounting import COUNTERS, Accounting
 
 
 class Grouping(StrEnum):
@@ -13,6 +20,7 @@ class Grouping(StrEnum):
     SERVICE = "service"
     DAY = "day"
     MONTH = "month"
+    HOUR = "hour"
 
 
 @dataclass(slots=True)
@@ -22,46 +30,63 @@ class Row:
     errors: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
     request_seconds: float = 0.0
     job_hours: float = 0.0  # per service only: jobs are not a user's or a day's
 
 
-COLUMNS = (
-    "key",
-    "requests",
-    "errors",
-    "prompt_tokens",
-    "completion_tokens",
-    "request_seconds",
-    "job_hours",
-)
+COLUMNS = ("key", "requests", "errors", "prompt_tokens", "completion_tokens", "bytes_in",
+           "bytes_out", "request_seconds", "job_hours")  # fmt: skip
+
+_KEYS = {
+    Grouping.USER: "user_name",
+    Grouping.SERVICE: "service",
+    Grouping.DAY: "day",
+    Grouping.MONTH: "substr(day, 1, 7)",
+    Grouping.HOUR: "hour",
+}
 
 
-def _key(grouping: Grouping, user: str, service: str, day: str) -> str:
-    match grouping:
-        case Grouping.USER:
-            return user
-        case Grouping.SERVICE:
-            return service
-        case Grouping.DAY:
-            return day
-        case Grouping.MONTH:
-            return day[:7]
-
-
-def report(accounting: Accounting, grouping: Grouping, now: float | None = None) -> list[Row]:
-    """Rows sorted by key; ``now`` counts running jobs up to then in job-hours."""
-    rows: dict[str, Row] = {}
-    for (user, service, day), usage in accounting.usage.items():
-        key = _key(grouping, user, service, day)
-        row = rows.setdefault(key, Row(key))
-        row.requests += usage.requests
-        row.errors += usage.errors
-        row.prompt_tokens += usage.prompt_tokens
-        row.completion_tokens += usage.completion_tokens
-        row.request_seconds += usage.request_seconds
-    if grouping is Grouping.SERVICE:
-        services = set(accounting.job_seconds) | {s for s, _ in accounting.running_since.values()}
-        for service in services:
-            rows.setdefault(service, Row(service)).job_hours = accounting.job_hours(service, now)
+def report(
+    db: ProjectionDb,
+    accounting: Accounting,
+    grouping: Grouping,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[Row]:
+    """Rows sorted by key, from an accounting projection caught up in ``db``."""
+    daily, hourly, jobs = Accounting.tables(db, Accounting.VERSION)
+    period, table, width = ("hour", hourly, 13) if grouping is Grouping.HOUR else ("day", daily, 10)
+    where, params = [], []
+    if since is not None:
+        where.append(f"{period} >= ?")
+        params.append(since.isoformat()[:width])
+    if until is not None:
+        where.append(f"{period} <= ?")
+        params.append(until.isoformat()[:width])
+    key = _KEYS[grouping]
+    sums = ", ".join(f"SUM({name})" for name in COUNTERS)
+    statement = (
+        f"SELECT {key}, {sums} FROM {table}"
+        + (f" WHERE {' AND '.join(where)}" if where else "")
+        + f" GROUP BY {key} ORDER BY {key}"
+    )
+    with db.reading() as cursor:
+        cursor.execute(statement, params)
+        rows = {str(k): _row(str(k), [int(n) for n in counts]) for k, *counts in cursor.fetchall()}
+        if grouping is not Grouping.SERVICE:
+            return list(rows.values())
+        cursor.execute(f"SELECT service, job_ms FROM {jobs}")
+        job_ms = {str(service): int(ms) for service, ms in cursor.fetchall()}
+    for service, since_at in accounting.running_since.values():
+        running = max(0, round((accounting.latest - since_at) * 1000))
+        job_ms[service] = job_ms.get(service, 0) + running
+    for service, ms in job_ms.items():
+        rows.setdefault(service, Row(service)).job_hours = ms / 3_600_000
     return [rows[key] for key in sorted(rows)]
+
+
+def _row(key: str, counts: list[int]) -> Row:
+    requests, errors, prompt, completion, bytes_in, bytes_out, request_ms = counts
+    return Row(key, requests, errors, prompt, completion, bytes_in, bytes_out, request_ms / 1000)

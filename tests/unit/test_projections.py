@@ -13,9 +13,11 @@ from saia.domain.job import DrainReason, FinalState, Job, Phase
 from saia.domain.request import Request
 from saia.domain.spec import ServiceSpec
 from saia.hub import Hub
-from saia.projections.accounting import Accounting
+from saia.adapters.projection_db import ProjectionDb
+from saia.projections.accounting import HOURLY_DAYS, daily_usage
 from saia.projections.runner import ProjectionRunner
-from saia.projections.service_state import ServiceState
+from saia.replay.rebuild import contents, projections
+from saia.replay.reports import Grouping, report
 
 T0 = datetime(2026, 11, 1, 23, 59, 0, tzinfo=UTC)
 
@@ -58,25 +60,25 @@ def test_accounting_by_user_service_and_day(hub: Hub) -> None:
     rejected = Request.start(uuid4(), "bob", "chat", "", 10, at(80))
     rejected.reject(429, "rate limit", at(80))
     hub.log.save(rejected)
-    hub.refresh()
-    usage = hub.accounting.usage
+    hub.account()
+    usage = daily_usage(hub.db)
     alice1 = usage[("alice", "chat", "2026-11-01")]
-    assert (alice1.requests, alice1.errors, alice1.prompt_tokens, alice1.completion_tokens) == (
-        1, 0, 10, 20)
+    assert (alice1.requests, alice1.errors, alice1.prompt_tokens, alice1.completion_tokens,
+            alice1.bytes_in, alice1.bytes_out) == (1, 0, 10, 20, 100, 500)  # fmt: skip
     assert alice1.request_seconds == pytest.approx(2.0)
     alice2 = usage[("alice", "chat", "2026-11-02")]
     assert (alice2.requests, alice2.errors, alice2.prompt_tokens) == (1, 1, 5)
     bob = usage[("bob", "chat", "2026-11-02")]
-    assert (bob.requests, bob.errors) == (2, 1)
+    assert (bob.requests, bob.errors, bob.bytes_in, bob.bytes_out) == (2, 1, 110, 500)
 
 
 def test_job_hours_count_ended_and_running_jobs(hub: Hub) -> None:
-    """Ended jobs count start to end; running ones up to the time asked."""
+    """Ended jobs count start to end; running ones up to the latest recorded event."""
     run_job(hub, "a" * 16, start=0, end=3600)
     run_job(hub, "b" * 16, start=0, end=None)
-    hub.refresh()
-    assert hub.accounting.job_hours("chat") == pytest.approx(1.0)
-    assert hub.accounting.job_hours("chat", now=at(1800).timestamp()) == pytest.approx(1.5)
+    hub.account()
+    [row] = report(hub.db, hub.accounting, Grouping.SERVICE)
+    assert row.job_hours == pytest.approx(2.0)  # one hour ended, one running up to then
 
 
 def test_service_state_follows_a_job_and_drops_it_when_it_ends(hub: Hub) -> None:
@@ -99,13 +101,39 @@ def test_incremental_updates_equal_a_rebuild(hub: Hub) -> None:
         run_job(hub, f"{i:016x}", start=i * 10, end=i * 10 + 5 if i % 2 else None)
         request(hub, f"user{i % 2}", i * 10, 1.0)
         hub.refresh()
-    state, accounting = ServiceState(), Accounting()
-    runner = ProjectionRunner(hub.log, [state, accounting])
+        hub.account()
+    hub.checkpoint()
+    scratch = ProjectionDb.scratch()
+    fresh = projections()
+    runner = ProjectionRunner(hub.log, scratch, fresh)
     assert runner.catch_up() == hub.log.last_position()
-    assert runner.position == hub.runner.position
-    assert state.fingerprint() == hub.state.fingerprint()
-    assert accounting.fingerprint() == hub.accounting.fingerprint()
+    runner.checkpoint()
+    assert runner.position == hub.runner.position == hub.accounts.position
+    assert contents(scratch, fresh) == contents(hub.db, projections())
     assert runner.catch_up() == 0
+
+
+def test_hourly_rows_are_kept_for_the_last_days_only(hub: Hub) -> None:
+    """Hours older than HOURLY_DAYS before the latest event leave the hourly table, not the
+    daily one."""
+    request(hub, "alice", 0, 1.0)
+    hub.account()
+    assert [r.key for r in report(hub.db, hub.accounting, Grouping.HOUR)] == ["2026-11-01T23"]
+    request(hub, "alice", HOURLY_DAYS * 86400 + 3600, 1.0)
+    hub.account()
+    assert [r.key for r in report(hub.db, hub.accounting, Grouping.HOUR)] == ["2026-11-09T00"]
+    assert [(r.key, r.requests) for r in report(hub.db, hub.accounting, Grouping.USER)] == [
+        ("alice", 2)]
+
+
+def test_a_report_is_cut_to_the_days_asked(hub: Hub) -> None:
+    """--since and --until select whole days of arrival."""
+    for day in range(4):
+        request(hub, "alice", day * 86400 + 120, 1.0)
+    hub.account()
+    rows = report(hub.db, hub.accounting, Grouping.DAY, since=at(86400 + 3600),
+                  until=at(2 * 86400 + 3600))  # fmt: skip
+    assert [(r.key, r.requests) for r in rows] == [("2026-11-03", 1), ("2026-11-04", 1)]
 
 
 def test_a_corrected_walltime_moves_the_jobs_expiry(hub: Hub) -> None:

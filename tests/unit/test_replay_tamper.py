@@ -6,17 +6,17 @@ get the golden log into a fresh store (SQLite here, PostgreSQL in tests/contract
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from saia import hub
+from saia.adapters.projection_db import TRACKING, ProjectionDb
 from saia.adapters.store import EventLog
-from saia.domain.job import Job
+from saia.projections.accounting import Accounting
 from saia.projections.service_state import ServiceState
-from saia.replay import rebuild
 from saia.replay.cli import main
-from saia.replay.source import recorded
 from tests.unit.replay_support import GoldenLog, SqliteGolden
 
 INTERVAL = "40"  # several checkpoints over the 143 golden events
@@ -29,19 +29,6 @@ def verify(config: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
                  "--public-key", str(folder / "key.pub")])
     captured = capsys.readouterr()
     return code, captured.out + captured.err
-
-
-class Forgetful(ServiceState):
-    """A service state that drops the n-th event it is given."""
-
-    def __init__(self, dropped: int) -> None:
-        super().__init__()
-        self._dropped, self._seen = dropped, 0
-
-    def apply(self, event: object) -> None:
-        self._seen += 1
-        if self._seen != self._dropped:
-            super().apply(event)
 
 
 class TamperContract:
@@ -141,21 +128,50 @@ class TamperContract:
         assert code == 1
         assert "differs from the checkpoint" in capsys.readouterr().err
 
-    @pytest.mark.parametrize("fanout", [rebuild.FANOUT, 3])
-    def test_projection_mismatch_names_the_first_diverging_event(
-        self, golden: GoldenLog, fanout: int, capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch,
+    def test_a_stored_accounting_row_unlike_the_log_fails_verify_naming_it(
+        self, golden: GoldenLog, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """A live view that missed one event fails verify naming that event's position."""
-        log = EventLog(golden.store)
-        missed = [r.position for r in recorded(log) if isinstance(r.event, Job.Ended)][0]
-        log.close()
-        # The golden log's positions run from 1 without gaps: the n-th event is at n.
-        monkeypatch.setattr(hub, "ServiceState", lambda: Forgetful(missed))
-        monkeypatch.setattr(rebuild, "FANOUT", fanout)
-        assert main(["--config", str(golden.config), "verify"]) == 1
-        assert (f"MISMATCH position {missed}: service state rebuilt differs from the live view"
+        """A row of the stored accounting changed by hand fails verify, naming row and values."""
+        config = str(golden.config)
+        assert main(["--config", config, "rebuild"]) == 0
+        assert main(["--config", config, "verify"]) == 0
+        with stored_projections(golden) as db, db.transaction() as cursor:
+            daily = Accounting.tables(db, Accounting.VERSION)[0]
+            cursor.execute(f"UPDATE {daily} SET requests = requests + 1 WHERE day = "
+                           f"(SELECT MAX(day) FROM {daily})")  # fmt: skip
+        capsys.readouterr()
+        assert main(["--config", config, "verify"]) == 1
+        err = capsys.readouterr().err
+        assert "MISMATCH accounting at position 144: the stored projection differs" in err
+        assert "saia_accounting_v1_daily[" in err
+
+    def test_a_stored_service_state_unlike_the_log_fails_verify_naming_the_value(
+        self, golden: GoldenLog, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A stored service state with one value changed fails verify, naming where it is."""
+        config = str(golden.config)
+        assert main(["--config", config, "rebuild"]) == 0
+        with stored_projections(golden) as db:
+            tracked = db.tracked(ServiceState.NAME, ServiceState.VERSION)
+            assert tracked is not None
+            edited = tracked.state.replace(b'"retired":false', b'"retired":true', 1)
+            with db.transaction() as cursor:
+                cursor.execute(f"UPDATE {db.table(TRACKING)} SET state = ? WHERE name = ?",
+                               (edited, ServiceState.NAME))  # fmt: skip
+        capsys.readouterr()
+        assert main(["--config", config, "verify"]) == 1
+        assert ("service state at position 144: the stored projection differs from a rebuild "
+                "from the log: held in memory.services[0][1].retired: stored True, rebuilt False"
                 in capsys.readouterr().err)
+
+
+@contextmanager
+def stored_projections(golden: GoldenLog) -> Iterator[ProjectionDb]:
+    log = EventLog(golden.store)
+    try:
+        yield ProjectionDb.beside(log)
+    finally:
+        log.close()
 
 
 class TestSqliteTamper(TamperContract):

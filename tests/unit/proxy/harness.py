@@ -14,11 +14,12 @@ import openai
 import uvicorn
 from starlette.types import ASGIApp
 
+from saia.adapters.projection_db import ProjectionDb
 from saia.adapters.store import EventLog
 from saia.domain.job import Phase
 from saia.domain.spec import ServiceSpec
 from saia.domain.state import JobView, ServiceView
-from saia.projections.accounting import Accounting
+from saia.projections.accounting import Accounting, Usage, daily_usage
 from saia.projections.runner import ProjectionRunner
 from saia.projections.service_state import ServiceState
 from saia.proxy.settings import ProxySettings
@@ -90,10 +91,14 @@ class Proxy:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused",
                              default_headers={"x-user": user}, max_retries=0)  # fmt: skip
 
-    def accounting(self) -> Accounting:
-        accounting = Accounting()
-        ProjectionRunner(self.log, [accounting]).catch_up()
-        return accounting
+    def usage(self) -> dict[tuple[str, str, str], Usage]:
+        """The accounting's daily rows, built from the log in a database apart."""
+        db = ProjectionDb.scratch()
+        ProjectionRunner(self.log, db, [Accounting()]).catch_up()
+        try:
+            return daily_usage(db)
+        finally:
+            db.close()
 
 
 def waiting_stream_lines(proxy: Proxy, keepalives: int, then: Callable[[], None]) -> list[str]:

@@ -6,6 +6,7 @@ from uuid import uuid4
 
 import pytest
 
+from saia.adapters.projection_db import ProjectionDb
 from saia.adapters.store import EventLog, MemoryStore
 from saia.domain.errors import InvalidTransition
 from saia.projections.api_keys import ApiKeys
@@ -23,7 +24,7 @@ def test_issue_revoke_and_list_go_through_the_log() -> None:
     bob_id, bob_key = issue(log, "bob", "", NOW)
     revoke(log, bob_id, "left the project", NOW + 1)
     keys = ApiKeys()
-    ProjectionRunner(log, [keys]).catch_up()
+    ProjectionRunner(log, ProjectionDb.scratch(), [keys]).catch_up()
     checker = KeyChecker(lambda: keys.keys)
     assert checker.user_of(alice_key) == "alice" and checker.user_of(bob_key) is None
     views = listing(log)

@@ -9,6 +9,7 @@ import httpx
 import openai
 import pytest
 
+from saia.adapters.projection_db import ProjectionDb
 from saia.adapters.store import EventLog, MemoryStore
 from saia.demand import DemandTracker
 from saia.domain.errors import InvalidTransition
@@ -49,7 +50,7 @@ def test_the_projection_replays_issue_and_revoke() -> None:
     lost.aggregate.revoke("lost", AT)
     log.save(kept.aggregate, lost.aggregate)
     keys = ApiKeys()
-    ProjectionRunner(log, [keys]).catch_up()
+    ProjectionRunner(log, ProjectionDb.scratch(), [keys]).catch_up()
     log.close()
     checker = KeyChecker(lambda: keys.keys)
     assert checker.user_of(kept.key) == "alice"

@@ -217,10 +217,10 @@ def test_client_leaving_a_stream_ends_its_upstream_request(ready: Proxy) -> None
             if line.startswith("data:"):
                 break  # leave after the first chunk
     deadline = time.monotonic() + 5
-    while not ready.accounting().usage:
+    while not ready.usage():
         assert time.monotonic() < deadline, "the abandoned request was never recorded"
         time.sleep(0.02)
-    [usage] = ready.accounting().usage.values()
+    [usage] = ready.usage().values()
     assert usage.requests == 1 and usage.errors == 1
 
 
@@ -242,10 +242,10 @@ def test_a_stream_the_backend_breaks_off_ends_with_an_error_event(proxy: Proxy) 
     assert lines[0] == "data: {}"
     assert "backend_broke_off" in lines[-1]
     deadline = time.monotonic() + 5
-    while not proxy.accounting().usage:
+    while not proxy.usage():
         assert time.monotonic() < deadline, "the broken request was never recorded"
         time.sleep(0.02)
-    [usage] = proxy.accounting().usage.values()
+    [usage] = proxy.usage().values()
     assert usage.requests == 1 and usage.errors == 1
 
 
