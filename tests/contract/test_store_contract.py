@@ -18,16 +18,18 @@ from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError
 from psycopg import sql
 
+from saia.adapters.projection_db import ProjectionDb
 from saia.adapters.store import EventLog, PostgresStore, SqliteStore, StoreSettings
 from saia.domain.cluster import CLUSTER_ID, Cluster
 from saia.domain.job import DrainReason, FinalState, Job, Phase
 from saia.domain.request import Request
 from saia.domain.service import Service
 from saia.domain.spec import ServiceSpec
-from saia.projections.accounting import Accounting
+from saia.projections.accounting import Accounting, daily_usage
 from saia.projections.runner import ProjectionRunner
 from saia.projections.service_state import ServiceState
 from saia.recording import GroupCommitter
+from saia.replay.rebuild import contents, projections
 from tests.contract.postgres import connect, database_in
 
 T0 = datetime(2026, 11, 1, 23, 59, 0, tzinfo=UTC)
@@ -254,23 +256,94 @@ class StoreContract:
         assert len(notifications) == producers * rounds * 2 + 1
         assert stats.batches < stats.submissions
 
-    def test_projections_rebuilt_from_the_log_equal_the_live_ones(
+    def test_projections_rebuilt_from_the_log_equal_the_stored_ones(
         self, store: StoreSettings, log: EventLog
     ) -> None:
-        """Replaying the stored log from the start gives exactly the incrementally built state."""
-        live_state, live_accounting = ServiceState(), Accounting()
-        live = ProjectionRunner(log, [live_state, live_accounting])
+        """Projections caught up after every save and checkpointed in the store equal a rebuild
+        from the start of the log in a database apart."""
+        db = ProjectionDb.beside(log)
+        live = ProjectionRunner(log, db, projections())
         history(log, after_each_save=live.catch_up)
+        live.checkpoint()
 
         with EventLog(store) as reopened:
-            state, accounting = ServiceState(), Accounting()
-            applied = ProjectionRunner(reopened, [state, accounting]).catch_up()
+            scratch = ProjectionDb.scratch()
+            fresh = projections()
+            runner = ProjectionRunner(reopened, scratch, fresh)
+            applied = runner.catch_up()
+            runner.checkpoint()
+            stored = contents(ProjectionDb.beside(reopened), projections())
+            assert contents(scratch, fresh) == stored
         assert applied == len(log.recorder.select_notifications(start=None, limit=10_000))
-        assert state.fingerprint() == live_state.fingerprint()
-        assert accounting.fingerprint() == live_accounting.fingerprint()
+        state = fresh[0]
+        assert isinstance(state, ServiceState)
         assert set(state.services) == {"chat", "embed"}
         assert state.ended[("chat", "cancelled")] == 1
-        assert live_accounting.usage[("alice", "chat", "2026-11-01")].requests == 3
+        usage = daily_usage(scratch)
+        assert usage[("alice", "chat", "2026-11-01")].requests == 3
+
+    def test_a_restart_applies_only_what_came_after_the_checkpoint(
+        self, store: StoreSettings, log: EventLog
+    ) -> None:
+        """A new runner loads the checkpoints and reads only the events recorded since."""
+        history(log, after_each_save=lambda: None)
+        first = ProjectionRunner(log, ProjectionDb.beside(log), projections())
+        assert first.catch_up() == log.last_position()
+        first.checkpoint()
+        request(log, "carol", 300)
+        with EventLog(store) as reopened:
+            again = ProjectionRunner(reopened, ProjectionDb.beside(reopened), projections())
+            assert again.catch_up() == 2
+            assert again.positions() == dict.fromkeys(
+                ("service state", "API keys", "accounting"), reopened.last_position())
+
+    def test_two_writers_of_accounting_never_count_an_event_twice(
+        self, store: StoreSettings, log: EventLog
+    ) -> None:
+        """Two processes catching up the same accounting from the same checkpoint: the second
+        checkpoint is refused, reloads from the first, and the totals are counted once."""
+        history(log, after_each_save=lambda: None)
+        one, two = Accounting(), Accounting()
+        first = ProjectionRunner(log, ProjectionDb.beside(log), [one])
+        first.catch_up()
+        for i in range(4):
+            request(log, "dave", 400 + i)
+        with EventLog(store) as other:
+            second = ProjectionRunner(other, ProjectionDb.beside(other), [two])
+            second.load()  # both at the same checkpoint now
+            first.catch_up()
+            second.catch_up()  # refused, reloaded from the first's, nothing left to apply
+            request(other, "dave", 500)
+            second.catch_up()
+            first.catch_up()
+            assert first.position == second.position == log.last_position()
+        assert daily_usage(ProjectionDb.beside(log))[("dave", "chat", "2026-11-02")].requests == 5
+
+    def test_a_checkpoint_that_fails_leaves_the_previous_one(
+        self, store: StoreSettings, log: EventLog, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A checkpoint whose writing fails half-way commits nothing: rows and position stay as
+        the previous one left them, and a restart counts every event once."""
+        history(log, after_each_save=lambda: None)
+        db = ProjectionDb.beside(log)
+        runner = ProjectionRunner(log, db, [Accounting()])
+        runner.catch_up()
+        before = contents(db, [Accounting()])
+        request(log, "erin", 600)
+        written = Accounting.write
+
+        def half(self: Accounting, cursor: Any, db: ProjectionDb) -> None:
+            written(self, cursor, db)
+            raise OSError("disk gone")
+
+        monkeypatch.setattr(Accounting, "write", half)
+        with pytest.raises(OSError):
+            runner.catch_up()
+        assert contents(db, [Accounting()]) == before
+        monkeypatch.undo()
+        restarted = ProjectionRunner(log, ProjectionDb.beside(log), [Accounting()])
+        assert restarted.catch_up() == 2
+        assert daily_usage(db)[("erin", "chat", "2026-11-02")].requests == 1
 
 
 class TestSqliteStore(StoreContract):
@@ -318,4 +391,11 @@ class TestPostgresStore(StoreContract):
         self, postgres_test_db: PostgresStore, log: EventLog
     ) -> None:
         """Application name "saia" gives one table, saia_events: the one the tests empty."""
-        assert tables(postgres_test_db) == {"saia_events"}
+        assert {t for t in tables(postgres_test_db) if t.endswith("_events")} == {"saia_events"}
+
+    def test_projections_live_in_the_logs_schema(
+        self, postgres_test_db: PostgresStore, log: EventLog
+    ) -> None:
+        """Checkpoints and accounting tables are created in the store's own schema."""
+        ProjectionRunner(log, ProjectionDb.beside(log), projections()).catch_up()
+        assert {"saia_projections", "saia_accounting_v1_daily"} <= tables(postgres_test_db)

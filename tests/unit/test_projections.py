@@ -8,12 +8,12 @@ from uuid import uuid4
 import pytest
 
 from saia import catalog
+from saia.adapters.projection_db import ProjectionDb
 from saia.adapters.store import MemoryStore
 from saia.domain.job import DrainReason, FinalState, Job, Phase
 from saia.domain.request import Request
 from saia.domain.spec import ServiceSpec
 from saia.hub import Hub
-from saia.adapters.projection_db import ProjectionDb
 from saia.projections.accounting import HOURLY_DAYS, daily_usage
 from saia.projections.runner import ProjectionRunner
 from saia.replay.rebuild import contents, projections

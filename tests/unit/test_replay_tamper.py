@@ -142,7 +142,7 @@ class TamperContract:
         capsys.readouterr()
         assert main(["--config", config, "verify"]) == 1
         err = capsys.readouterr().err
-        assert "MISMATCH accounting at position 144: the stored projection differs" in err
+        assert "MISMATCH accounting at position 143: the stored projection differs" in err
         assert "saia_accounting_v1_daily[" in err
 
     def test_a_stored_service_state_unlike_the_log_fails_verify_naming_the_value(
@@ -160,7 +160,7 @@ class TamperContract:
                                (edited, ServiceState.NAME))  # fmt: skip
         capsys.readouterr()
         assert main(["--config", config, "verify"]) == 1
-        assert ("service state at position 144: the stored projection differs from a rebuild "
+        assert ("service state at position 143: the stored projection differs from a rebuild "
                 "from the log: held in memory.services[0][1].retired: stored True, rebuilt False"
                 in capsys.readouterr().err)
 

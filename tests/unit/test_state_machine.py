@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from saia import catalog
+from saia.adapters.projection_db import ProjectionDb
 from saia.adapters.store import MemoryStore, SqliteStore, StoreSettings
 from saia.config import ControllerSettings
 from saia.controller import Controller, PassReport
@@ -26,7 +27,7 @@ from saia.domain.spec import ServiceSpec
 from saia.hub import Hub
 from saia.projections.accounting import Accounting
 from saia.projections.runner import ProjectionRunner
-from saia.projections.service_state import ServiceState
+from saia.replay.rebuild import contents, projections
 from tests.fakes import FakeClock, FakeProber, FakeSlurm
 
 INTERVAL = 5.0
@@ -53,19 +54,23 @@ class ControllerMachine(RuleBasedStateMachine):
         super().__init__()
         self.clock = FakeClock()
         self.slurm = FakeSlurm(self.clock, ready_after=2.0)
-        self.hub = Hub(self._store())
+        self.settings = self._store()
+        self.hub = Hub(self.settings)
         for spec in SPECS:
             catalog.add(self.hub, spec, self.clock())
-        self.controller = Controller(
-            self.hub, self.slurm, FakeProber(self.slurm), ControllerSettings(interval=INTERVAL),
-            self.clock, random.Random(7),
-        )
+        self.controller = self._controller()
         self.last_demand_at: dict[str, float] = {}
         self.demand_now: dict[str, int] = {}
         self.report: PassReport = self._tick()
 
     def _store(self) -> StoreSettings:
         return self.store
+
+    def _controller(self, rng: random.Random | None = None) -> Controller:
+        return Controller(
+            self.hub, self.slurm, FakeProber(self.slurm), ControllerSettings(interval=INTERVAL),
+            self.clock, rng or random.Random(7),
+        )
 
     def _tick(self) -> PassReport:
         rng_before = copy.deepcopy(self.controller.rng)
@@ -121,6 +126,20 @@ class ControllerMachine(RuleBasedStateMachine):
 
     @rule()
     def tick(self) -> None:
+        self._tick()
+
+    @precondition(lambda self: not isinstance(self.settings, MemoryStore))
+    @rule(checkpointed=st.booleans())
+    def hub_restarts(self, checkpointed: bool) -> None:
+        """A stop (projections checkpointed) or a crash (not): the next hub loads the stored
+        projections, applies what came after, and goes on as if nothing happened."""
+        if checkpointed:
+            self.hub.checkpoint()
+        self.hub.close()
+        self.hub = Hub(self.settings)
+        self.controller = self._controller(self.controller.rng)  # tokens go on being new
+        for service, demand in self.demand_now.items():
+            self.controller.demand.set(service, demand, 0, self.clock())
         self._tick()
 
     # -- invariants ----------------------------------------------------------------------
@@ -183,10 +202,16 @@ class ControllerMachine(RuleBasedStateMachine):
 
     @invariant()
     def projections_equal_a_rebuild_from_the_log(self) -> None:
-        state, accounting = ServiceState(), Accounting()
-        ProjectionRunner(self.hub.log, [state, accounting]).catch_up()
-        assert state.fingerprint() == self.hub.state.fingerprint()
-        assert accounting.fingerprint() == self.hub.accounting.fingerprint()
+        scratch = ProjectionDb.scratch()
+        state, keys, accounting = fresh = projections()
+        runner = ProjectionRunner(self.hub.log, scratch, fresh)
+        runner.catch_up()
+        runner.checkpoint()
+        assert state.snapshot() == self.hub.state.snapshot()
+        assert keys.snapshot() == self.hub.keys.snapshot()
+        self.hub.account()
+        assert contents(scratch, [accounting]) == contents(self.hub.db, [Accounting()])
+        scratch.close()
 
     @invariant()
     def plan_is_idempotent(self) -> None:
