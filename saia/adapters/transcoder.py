@@ -95,9 +95,10 @@ class OrjsonTranscoder(JSONTranscoder):
 class OrjsonMapper(Mapper[UUID]):
     """The library's Mapper, with the same output in fewer steps when it can.
 
-    Without compression or encryption, and for events at class version 1, the
-    fields are copied once and tagged in that copy. Anything else goes the
-    library's way.
+    Without compression or encryption, the fields are copied once and tagged in
+    that copy, with the event's class version beside them as the library writes
+    it (from version 2 on), so that its upcasting reads them back. Anything else
+    goes the library's way.
     """
 
     def __init__(
@@ -114,11 +115,14 @@ class OrjsonMapper(Mapper[UUID]):
 
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
         encoder = self._fields_encoder
-        kind = type(domain_event)
-        if encoder is None or getattr(kind, "class_version", 1) != 1:
+        if encoder is None:
             return super().to_stored_event(domain_event)
+        kind = type(domain_event)
         fields = dict(vars(domain_event))
         originator_id = fields.pop("originator_id")
         originator_version = fields.pop("originator_version")
+        class_version = getattr(kind, "class_version", 1)
+        if class_version > 1:
+            fields["class_version"] = class_version
         return StoredEvent(originator_id, originator_version, get_topic(kind),
                            encoder.encode_fields(fields))

@@ -10,6 +10,7 @@ building the events.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
@@ -25,10 +26,17 @@ class Request(Aggregate):
 
     class Started(Aggregate.Created):
         TOPIC = "saia.Request.Started"
+        class_version = 2
         user: str
         service: str
         job: str  # empty while the request waits for a backend
         bytes_in: int
+        key: str  # id of the API key presented; empty where keys are not required
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            """Requests recorded before keys were named came with no key, or an unnamed one."""
+            state["key"] = ""
 
     class Rejected(Event):
         """Refused without an answer from a backend (limits, no capacity, timeout)."""
@@ -61,12 +69,13 @@ class Request(Aggregate):
 
     @classmethod
     def start(
-        cls, id: UUID, user: str, service: str, job: str, bytes_in: int, at: datetime
-    ) -> Request:
+        cls, id: UUID, user: str, service: str, job: str, bytes_in: int, at: datetime,
+        key: str = "",
+    ) -> Request:  # fmt: skip
         # ``id`` is the proxy's request id; eventsourcing takes it as the aggregate id.
         return cls._create(
             cls.Started, id=id, user=user, service=service, job=job, bytes_in=bytes_in,
-            timestamp=at,
+            key=key, timestamp=at,
         )
 
     def reject(self, status: int, reason: str, at: datetime) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -20,7 +19,7 @@ from saia.proxy.backend import Backend, Headers
 from saia.proxy.errors import ProxyError, error_body, error_response
 from saia.proxy.exchange import Exchange, WholeAnswer
 from saia.proxy.intake import SERVICE_HEADER, Intake, by_header, parse, read_body
-from saia.proxy.keys import KeyChecker, bearer, key_id
+from saia.proxy.keys import Caller, KeyChecker, bearer, key_id
 from saia.proxy.limits import RateLimiter
 from saia.proxy.metering import Meter
 from saia.proxy.metrics import ProxyMetrics
@@ -91,7 +90,7 @@ def create_app(
             # Counted, not recorded: a flood of bad keys must not be able to fill the log.
             metrics.refused(error.status)
             raise
-        exchange = Exchange(intake, caller.user, path, backend_headers(request), router,
+        exchange = Exchange(intake, caller, path, backend_headers(request), router,
                             backend, recorder, settings, metrics)  # fmt: skip
         exchange.record_start()
         try:
@@ -210,12 +209,6 @@ def as_sent(scope: Scope) -> str:
     return f"{path}?{query}" if query else path
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
-    user: str  # whom the request is accounted to
-    limited_as: str  # whose rate limit it counts against: the key's, or the user's
-
-
 def authenticate(request: Request, settings: ProxySettings, keys: KeyChecker | None) -> Caller:
     if keys is None or not settings.require_api_key:
         named = user_of(request, settings)
@@ -224,7 +217,8 @@ def authenticate(request: Request, settings: ProxySettings, keys: KeyChecker | N
     user = None if presented is None else keys.user_of(presented)
     if presented is None or user is None:
         raise ProxyError(401, "the API key is missing, wrong or revoked", "invalid_api_key")
-    return Caller(user, f"key:{key_id(presented)}")
+    key = key_id(presented)
+    return Caller(user, f"key:{key}", key)
 
 
 def user_of(request: Request, settings: ProxySettings) -> str:

@@ -33,6 +33,7 @@ from saia.proxy.backend import (
 )
 from saia.proxy.errors import ProxyError, error_body
 from saia.proxy.intake import Intake
+from saia.proxy.keys import Caller
 from saia.proxy.metering import Meter
 from saia.proxy.metrics import ProxyMetrics
 from saia.proxy.routing import Router
@@ -59,7 +60,7 @@ class Exchange:
     def __init__(
         self,
         intake: Intake,
-        user: str,
+        caller: Caller,
         path: str,
         headers: Headers,
         router: Router,
@@ -79,7 +80,8 @@ class Exchange:
         self.settings = settings
         self.id: UUID = uuid4()
         self.job: JobView | None = None
-        self.request = Request.start(self.id, user, intake.service, "", len(intake.body), now())
+        self.request = Request.start(self.id, caller.user, intake.service, "", len(intake.body),
+                                     now(), caller.key)  # fmt: skip
         self._started: asyncio.Future[None] | None = None
         self._tried: set[UUID] = set()  # jobs that refused this request
         self._attempts = 0

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
+import orjson
 import pytest
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError
@@ -206,6 +207,17 @@ class StoreContract:
             assert isinstance(got.payload["nested"]["list"][5]["ids"][0], UUID)
             assert got.created_on == probe.created_on
             assert got.created_on.utcoffset() == timedelta(0)
+
+    def test_an_event_of_a_later_class_version_keeps_its_version_and_fields(
+        self, log: EventLog
+    ) -> None:
+        """Request.Started (version 2) is stored with its class version, which eventsourcing's
+        upcasting reads, and comes back with the API key it names."""
+        log.save(Request.start(uuid4(), "alice", "chat", "", 10, at(0), key="a1b2"))
+        [stored] = log.recorder.select_notifications(start=None, limit=10)
+        assert orjson.loads(stored.state)["class_version"] == 2
+        event = log.mapper.to_domain_event(stored)
+        assert isinstance(event, Request.Started) and event.key == "a1b2"
 
     def test_a_stale_save_raises_integrity_error(self, log: EventLog) -> None:
         """Two commands on the same version: the second to save loses, nothing is overwritten."""

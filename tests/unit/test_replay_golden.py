@@ -12,6 +12,7 @@ import pytest
 
 from saia.adapters.projection_db import ProjectionDb
 from saia.adapters.store import EventLog
+from saia.domain.request import Request
 from saia.projections.accounting import Accounting
 from saia.projections.runner import ProjectionRunner
 from saia.projections.service_state import ServiceState
@@ -47,6 +48,16 @@ class GoldenContract:
         log.close()
         assert digest(state.fingerprint()) == SERVICE_STATE
         assert digest(contents(db, [Accounting()])) == ACCOUNTING
+
+    def test_requests_recorded_in_an_older_shape_are_upcast(self, golden: GoldenLog) -> None:
+        """The golden log's Request.Started events are of version 1, before keys were named:
+        they read back in the current shape, with an empty key."""
+        log = EventLog(golden.store)
+        started = [r for r in recorded(log) if isinstance(r.event, Request.Started)]
+        log.close()
+        assert started
+        assert all(b"class_version" not in r.notification.state for r in started)
+        assert {r.event.key for r in started} == {""}
 
     def test_golden_log_chain_head_is_stable(self, golden: GoldenLog) -> None:
         """The hash chain over the golden log ends in the recorded link, in every store."""
