@@ -79,7 +79,8 @@ class Cursor:
         return statement.replace("?", "%s") if self._postgres else statement
 
     def _row(self, row: Any) -> tuple[Any, ...]:
-        # The library's PostgreSQL connections return dicts, in column order.
+        # The library's PostgreSQL connections return dicts, in column order: a statement
+        # names each column apart (no two alike), or values are lost.
         return tuple(row.values()) if isinstance(row, dict) else tuple(row)
 
 

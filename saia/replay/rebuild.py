@@ -115,8 +115,9 @@ def contents(db: ProjectionDb, chosen: Sequence[Projection]) -> dict[str, tuple[
             memory = orjson.loads(tracked.state) if tracked else None
             tables: dict[str, Any] = {}
             for table in projection.tables(db, projection.VERSION):
-                cursor.execute(f"SELECT * FROM {table} ORDER BY 1, 2")
-                tables[table.rsplit(".", 1)[-1].strip('"')] = cursor.fetchall()
+                cursor.execute(f"SELECT * FROM {table}")
+                # Sorted here: the databases' collations order text differently.
+                tables[table.rsplit(".", 1)[-1].strip('"')] = sorted(cursor.fetchall())
             contents[projection.NAME] = (
                 tracked.position if tracked else 0,
                 {"held in memory": memory, **tables},

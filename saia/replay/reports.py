@@ -66,17 +66,17 @@ def report(
         where.append(f"{period} <= ?")
         params.append(until.isoformat()[:width])
     key = _KEYS[grouping]
-    sums = ", ".join(f"SUM({name})" for name in COUNTERS)
+    sums = ", ".join(f"SUM({name}) AS {name}" for name in COUNTERS)
     statement = (
-        f"SELECT {key}, {sums} FROM {table}"
+        f"SELECT {key} AS grouped, {sums} FROM {table}"
         + (f" WHERE {' AND '.join(where)}" if where else "")
-        + f" GROUP BY {key} ORDER BY {key}"
+        + f" GROUP BY {key}"
     )
     with db.reading() as cursor:
         cursor.execute(statement, params)
         rows = {str(k): _row(str(k), [int(n) for n in counts]) for k, *counts in cursor.fetchall()}
         if grouping is not Grouping.SERVICE:
-            return list(rows.values())
+            return [rows[key] for key in sorted(rows)]  # the databases' collations differ
         cursor.execute(f"SELECT service, job_ms FROM {jobs}")
         job_ms = {str(service): int(ms) for service, ms in cursor.fetchall()}
     for service, since_at in accounting.running_since.values():
