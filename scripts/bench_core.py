@@ -49,6 +49,7 @@ from benchtable import Row, print_table
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import StoredEvent
 
+from saia.adapters.projection_db import ProjectionDb
 from saia.adapters.store import EventLog, SqliteStore
 from saia.domain.job import DrainReason, FinalState, Job, Phase
 from saia.domain.policy import Observation, plan
@@ -297,7 +298,7 @@ def read_and_decode_rate(log: EventLog) -> float:
 
 
 def rebuild_rate(log: EventLog) -> float:
-    runner = ProjectionRunner(log, [ServiceState(), Accounting()])
+    runner = ProjectionRunner(log, ProjectionDb.scratch(), [ServiceState(), Accounting()])
     started = time.perf_counter()
     applied = runner.catch_up()
     return applied / (time.perf_counter() - started)

@@ -196,7 +196,9 @@ class ProjectionRunner:
             if read >= next_progress:
                 log.warning("projections at position %d of %d", last, self.log.last_position())
                 next_progress += PROGRESS_EVERY
-        self._checkpoint(guard, lambda entry: entry.pending >= entry.projection.LAZY)
+        # A projection built from the start is checkpointed at once: built once, not per start.
+        self._checkpoint(guard, lambda entry: entry.pending >= entry.projection.LAZY
+                         or (entry.stored is None and entry.position > 0))  # fmt: skip
         if until is None:
             self._drop_older()
         return read

@@ -17,6 +17,7 @@ import httpx
 import openai
 import pytest
 
+from saia.projections.accounting import daily_usage
 from saia.proxy import key_commands
 from saia.proxy.keys import split_key
 from tests.integration.cluster import wait_for
@@ -328,9 +329,8 @@ def test_accounting_equals_what_was_sent(hub: RunningHub) -> None:
     sent = 6
 
     def counted() -> tuple[int, int, int, int] | None:
-        hub_ = hub.serving.hub
-        with hub_.lock:
-            usage = [u for (user, _, _), u in hub_.accounting.usage.items() if user == "counted"]
+        usage = [u for (user, _, _), u in daily_usage(hub.serving.hub.db).items()
+                 if user == "counted"]  # fmt: skip
         totals = (
             sum(u.requests for u in usage),
             sum(u.errors for u in usage),

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from uuid import uuid4
 
 import pytest
 
 from saia import catalog
 from saia.adapters.projection_db import ProjectionDb
-from saia.adapters.store import MemoryStore
+from saia.adapters.store import MemoryStore, SqliteStore
 from saia.domain.job import DrainReason, FinalState, Job, Phase
 from saia.domain.request import Request
 from saia.domain.spec import ServiceSpec
 from saia.hub import Hub
-from saia.projections.accounting import HOURLY_DAYS, daily_usage
+from saia.projections.accounting import HOURLY_DAYS, Accounting, daily_usage
 from saia.projections.runner import ProjectionRunner
+from saia.projections.service_state import ServiceState
 from saia.replay.rebuild import contents, projections
 from saia.replay.reports import Grouping, report
 
@@ -147,3 +149,38 @@ def test_a_corrected_walltime_moves_the_jobs_expiry(hub: Hub) -> None:
     hub.refresh()
     view = hub.state.job(job.id)
     assert view is not None and view.expiry == at(10).timestamp() + 1800.0
+
+
+def test_a_changed_projection_is_built_again_and_its_old_version_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an upgrade raised their versions, the projections are built from the log once,
+    hold what they held before, and the old versions' checkpoints and tables are gone."""
+    store = SqliteStore(str(tmp_path / "saia.db"))
+    old = Hub(store)
+    catalog.add(old, ServiceSpec.from_dict({"id": "chat", "sbatch": "s.sbatch"}), T0.timestamp())
+    run_job(old, "e" * 16, start=0, end=None)
+    request(old, "alice", 10, 1.0)
+    old.refresh()
+    old.account()
+    old.checkpoint()
+    state, usage = old.state.snapshot(), daily_usage(old.db)
+    old.close()
+
+    monkeypatch.setattr(ServiceState, "VERSION", 2)
+    monkeypatch.setattr(Accounting, "VERSION", 2)
+    new = Hub(store)
+    assert new.refresh() == new.log.last_position()  # built from the start
+    new.account()
+    assert new.state.snapshot() == state
+    assert daily_usage(new.db) == usage
+    assert new.db.versions(ServiceState.NAME) == [2]
+    assert new.db.versions(Accounting.NAME) == [2]
+    with new.db.reading() as cursor:
+        cursor.execute("SELECT name FROM sqlite_master WHERE name LIKE 'saia_accounting_%'")
+        assert {row[0] for row in cursor.fetchall()} == {
+            "saia_accounting_v2_daily", "saia_accounting_v2_hourly", "saia_accounting_v2_jobs"}
+    new.close()
+    again = Hub(store)
+    assert again.refresh() == 0  # checkpointed at the end of the build: nothing to apply
+    again.close()
