@@ -18,10 +18,12 @@ from saia.domain.job import Job
 from saia.domain.link import LINK_ID, Link
 from saia.projections.accounting import Accounting
 from saia.projections.api_keys import ApiKeys
+from saia.projections.reader import BatchReader
 from saia.projections.runner import ProjectionRunner
 from saia.projections.service_state import ServiceState
 
 T = TypeVar("T")
+SHARED_BATCHES = 8  # decoded batches kept for the runner that comes second
 
 
 def utc(epoch: float) -> datetime:
@@ -41,9 +43,11 @@ class Hub:
         self.db = ProjectionDb.beside(self.log)
         self.state = ServiceState()
         self.keys = ApiKeys()
-        self.runner = ProjectionRunner(self.log, self.db, [self.state, self.keys])
+        # Both runners follow the log; each batch is read and decoded once for both.
+        reader = BatchReader(self.log, keep=SHARED_BATCHES)
+        self.runner = ProjectionRunner(self.log, self.db, [self.state, self.keys], reader)
         self.accounting = Accounting()
-        self.accounts = ProjectionRunner(self.log, self.db, [self.accounting])
+        self.accounts = ProjectionRunner(self.log, self.db, [self.accounting], reader)
         # The projections are written by one thread at a time (the controller's, which
         # reads them without this lock) and read by the proxy's, which holds it.
         self.lock = threading.RLock()

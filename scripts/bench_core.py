@@ -58,7 +58,8 @@ from saia.domain.service import Service
 from saia.domain.spec import ServiceSpec
 from saia.domain.state import JobView, ServiceView
 from saia.projections.accounting import Accounting
-from saia.projections.runner import BATCH, ProjectionRunner
+from saia.projections.reader import BATCH
+from saia.projections.runner import ProjectionRunner
 from saia.projections.service_state import ServiceState
 from saia.recording import GroupCommitter
 

@@ -27,13 +27,13 @@ from eventsourcing.persistence import Notification
 
 from saia.adapters.projection_db import Cursor, ProjectionConflict, ProjectionDb, Tracked
 from saia.adapters.store import EventLog
+from saia.projections.reader import BATCH, BatchReader
 
 log = logging.getLogger(__name__)
 
-BATCH = 1000
 # A long catch-up checkpoints each projection after this many events, so that a
 # crash during it costs no more than this, and memory for counters stays bounded.
-CHECKPOINT_EVERY = 50_000
+CHECKPOINT_EVERY = 50 * BATCH
 # A build from the start says how far it got after every this many events.
 PROGRESS_EVERY = 1_000_000
 _END = 1 << 62  # past any position
@@ -110,9 +110,13 @@ class _Entry:
 
 
 class ProjectionRunner:
-    def __init__(self, log: EventLog, db: ProjectionDb, projections: Sequence[Projection]) -> None:
+    def __init__(
+        self, log: EventLog, db: ProjectionDb, projections: Sequence[Projection],
+        reader: BatchReader | None = None,
+    ) -> None:  # fmt: skip
         self.log = log
         self.db = db
+        self._reader = reader or BatchReader(log)
         self._entries = [_Entry(p) for p in projections]
         self._loaded = False
 
@@ -172,19 +176,15 @@ class ProjectionRunner:
         limits = {id(e): (until or {}).get(e.projection.NAME) for e in self._entries}
         bounds = [limit for limit in limits.values() if limit is not None]
         stop = max(bounds) if len(bounds) == len(limits) else None
-        to_domain_event = self.log.mapper.to_domain_event
         read = 0
         next_progress = PROGRESS_EVERY
         while True:
             behind = [e.position for e in self._entries if e.position < _limit(limits[id(e)])]
             if not behind:
                 break
-            batch = self.log.recorder.select_notifications(
-                start=min(behind), limit=BATCH, stop=stop, inclusive_of_start=False
-            )
+            batch, events = self._reader.read(min(behind), stop)
             if not batch:
                 break
-            events = [to_domain_event(notification) for notification in batch]
             with guard:
                 for entry in self._entries:
                     self._apply(entry, batch, events, limits[id(entry)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -184,3 +185,25 @@ def test_a_changed_projection_is_built_again_and_its_old_version_dropped(
     again = Hub(store)
     assert again.refresh() == 0  # checkpointed at the end of the build: nothing to apply
     again.close()
+
+
+def test_runners_sharing_a_reader_decode_each_event_once(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub's two runners follow the same events: the second takes the batches the first
+    decoded, and both end where a lone runner would."""
+    for i in range(3):
+        request(hub, "alice", i, 1.0)
+    decoded: list[object] = []
+    decode = hub.log.mapper.to_domain_event
+
+    def counted(notification: Any) -> Any:
+        decoded.append(notification)
+        return decode(notification)
+
+    monkeypatch.setattr(hub.log.mapper, "to_domain_event", counted)
+    hub.refresh()
+    hub.account()
+    assert len(decoded) == hub.log.last_position()
+    assert hub.runner.position == hub.accounts.position == hub.log.last_position()
+    assert daily_usage(hub.db)[("alice", "chat", "2026-11-01")].requests == 3
