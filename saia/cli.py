@@ -208,6 +208,7 @@ def _controller(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, request_stop)
     try:
         run(controller, bootstrap.controller_lock(cfg), stop)
+        hub.checkpoint()  # the next start applies nothing
     finally:
         hub.close()
     return 0

@@ -129,7 +129,7 @@ class ProjectionRunner:
         return {e.projection.NAME: e.position for e in self._entries}
 
     def load(self) -> None:
-        """Each projection as its checkpoint left it; said once, by ``catch_up`` if not before."""
+        """Loads each projection as its checkpoint left it; once (``catch_up`` calls it)."""
         if self._loaded:
             return
         end = self.log.last_position()
