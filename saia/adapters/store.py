@@ -21,6 +21,7 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import Environment
 
 from saia.adapters.transcoder import OrjsonMapper, OrjsonTranscoder
+from saia.domain.aggregates import AGGREGATES
 
 # SQLite builds before 3.32 allow 999 parameters a statement, four to an event.
 ROWS_PER_STATEMENT = 249
@@ -82,6 +83,8 @@ class EventLog(Application[UUID]):
     """The append-only log of everything saia decides and observes."""
 
     name = "saia"
+    # Imported with the log, so that any process that reads it knows every event's topic.
+    aggregates = AGGREGATES
 
     def __init__(self, store: StoreSettings, extra_env: Mapping[str, str] | None = None) -> None:
         env = store_env(store)
