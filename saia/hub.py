@@ -16,6 +16,7 @@ from saia.domain.cluster import CLUSTER_ID, Cluster
 from saia.domain.errors import JobNotFound
 from saia.domain.job import Job
 from saia.domain.link import LINK_ID, Link
+from saia.domain.request import Request
 from saia.projections.accounting import Accounting
 from saia.projections.api_keys import ApiKeys
 from saia.projections.reader import BatchReader
@@ -75,6 +76,24 @@ class Hub:
             self.runner.checkpoint(guard=self.lock)
         with self._accounting:
             self.accounts.checkpoint()
+
+    def abandon_requests_in_flight(self, now: float) -> int:
+        """Records as abandoned the requests the log shows in flight; called as ``saia serve``
+        starts, when they are those the last one was serving when it stopped (a hub's
+        Finished is recorded after the answer is out, so a crash can lose it). Returns how
+        many there were."""
+        with self.lock:
+            in_flight = list(self.state.request_service)
+        requests = []
+        for request_id in in_flight:
+            request: object = self.log.repository.get(request_id)
+            assert isinstance(request, Request)
+            request.abandon("the hub stopped before its end was recorded", utc(now))
+            requests.append(request)
+        if requests:
+            self.log.save(*requests)
+            self.refresh()
+        return len(requests)
 
     def job(self, job_id: UUID) -> Job:
         try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 
@@ -106,6 +107,11 @@ class Serving:
     def __init__(self, config: Config) -> None:
         self.hub = bootstrap.hub_for(config)
         try:
+            # One saia serve to a store: what the log shows in flight was the last one's.
+            abandoned = self.hub.abandon_requests_in_flight(time.time())
+            if abandoned:
+                log.warning("%d request(s) in flight when saia serve last stopped: recorded "
+                            "as abandoned (counted, their ends unknown)", abandoned)  # fmt: skip
             access = bootstrap.cluster_access(config, self.hub)
             self.demand = DemandTracker()
             self.controller = bootstrap.controller_for(config, self.hub, access, self.demand)

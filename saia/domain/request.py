@@ -48,6 +48,15 @@ class Request(Aggregate):
         def apply(self, aggregate: Request) -> None:
             aggregate.finished = True
 
+    class Abandoned(Event):
+        """Its end was never recorded: the hub that served it stopped first (a crash, say)."""
+
+        TOPIC = "saia.Request.Abandoned"
+        reason: str
+
+        def apply(self, aggregate: Request) -> None:
+            aggregate.finished = True
+
     class Finished(Event):
         TOPIC = "saia.Request.Finished"
         status: int
@@ -82,6 +91,11 @@ class Request(Aggregate):
         if self.finished:
             raise InvalidTransition(f"request {self.id}", "finished", "be rejected")
         self.trigger_event(self.Rejected, status=status, reason=reason, timestamp=at)
+
+    def abandon(self, reason: str, at: datetime) -> None:
+        if self.finished:
+            raise InvalidTransition(f"request {self.id}", "finished", "be abandoned")
+        self.trigger_event(self.Abandoned, reason=reason, timestamp=at)
 
     def finish(
         self,

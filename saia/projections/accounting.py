@@ -7,8 +7,8 @@ checkpoint; the checkpoint adds those to the tables (upserts) and keeps the open
 part in its row. Times are summed in whole milliseconds, so that the totals do
 not depend on how the events were split into checkpoints.
 
-A request counts on the day and hour it arrived (UTC), when it finishes or is
-refused.
+A request counts on the day and hour it arrived (UTC), when it finishes, is
+refused or is abandoned (its end never recorded: counted, with no tokens).
 """
 
 from __future__ import annotations
@@ -177,6 +177,9 @@ class Accounting:
         if counts is not None:
             counts[1] += 1
 
+    def _request_abandoned(self, e: Request.Abandoned) -> None:
+        self._close(e.originator_id, e.timestamp.timestamp())  # a request; its answer unknown
+
     def _close(self, request: UUID, at: float) -> list[int] | None:
         opened = self._open.pop(request, None)
         if opened is None:
@@ -222,6 +225,7 @@ _HANDLERS: dict[type, Callable[[Accounting, Any], None]] = {
     Request.Started: Accounting._request_started,
     Request.Finished: Accounting._request_finished,
     Request.Rejected: Accounting._request_rejected,
+    Request.Abandoned: Accounting._request_abandoned,
     Job.Requested: Accounting._job_requested,
     Job.Started: Accounting._job_started,
     Job.Ended: Accounting._job_gone,

@@ -194,7 +194,7 @@ class ServiceState(InMemory):
         view.last_active_at = max(view.last_active_at, e.timestamp.timestamp())
         self.request_service[e.originator_id] = e.service
 
-    def _request_done(self, e: Request.Finished | Request.Rejected) -> None:
+    def _request_done(self, e: Request.Finished | Request.Rejected | Request.Abandoned) -> None:
         service = self.request_service.pop(e.originator_id, None)
         if service is None:
             return
@@ -270,4 +270,5 @@ _HANDLERS: dict[type, Callable[[ServiceState, Any], None]] = {
     Request.Started: ServiceState._request_started,
     Request.Finished: ServiceState._request_done,
     Request.Rejected: ServiceState._request_done,
+    Request.Abandoned: ServiceState._request_done,
 }

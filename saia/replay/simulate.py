@@ -97,7 +97,8 @@ def simulate(
         if isinstance(event, Job.Started):
             recorded_started[job_service.get(event.originator_id, "")] += 1
             continue
-        if not isinstance(event, Request.Started | Request.Finished | Request.Rejected):
+        if not isinstance(event, Request.Started | Request.Finished | Request.Rejected
+                          | Request.Abandoned):
             continue
         # Only requests move the clock: the proxy records them as they happen, while
         # one save may hold a job's whole recorded life, far ahead of the demand.

@@ -207,3 +207,18 @@ def test_runners_sharing_a_reader_decode_each_event_once(
     assert len(decoded) == hub.log.last_position()
     assert hub.runner.position == hub.accounts.position == hub.log.last_position()
     assert daily_usage(hub.db)[("alice", "chat", "2026-11-01")].requests == 3
+
+
+def test_requests_in_flight_when_the_hub_starts_are_abandoned_and_counted(hub: Hub) -> None:
+    """A request whose end a crashed hub never recorded is closed at the next start: no longer
+    in flight, counted once in accounting (without tokens), and not closed twice."""
+    lost = Request.start(uuid4(), "bob", "chat", "", 10, at(5))
+    hub.log.save(lost)
+    hub.refresh()
+    assert hub.state.services["chat"].inflight == 1
+    assert hub.abandon_requests_in_flight(at(60).timestamp()) == 1
+    assert hub.state.services["chat"].inflight == 0
+    hub.account()
+    usage = daily_usage(hub.db)[("bob", "chat", "2026-11-01")]
+    assert (usage.requests, usage.errors, usage.prompt_tokens, usage.bytes_in) == (1, 0, 0, 10)
+    assert hub.abandon_requests_in_flight(at(70).timestamp()) == 0
