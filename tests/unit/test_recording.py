@@ -420,7 +420,8 @@ STORED_REJECTED = (
 
 
 def test_request_events_are_stored_as_they_always_were() -> None:
-    """Started, Finished and Rejected keep their topics and state bytes, and replay."""
+    """Finished and Rejected keep their topics and state bytes; Started, now of version 2,
+    adds the key and its class version; the rows written before replay as they did."""
     log = EventLog(MemoryStore())
     answered = Request.start(uuid4(), "alice", "chat", "", 900, T0)
     answered.finish(200, "job-a", 4000, 300, 150, T0 + timedelta(seconds=2))
@@ -429,10 +430,14 @@ def test_request_events_are_stored_as_they_always_were() -> None:
     stored = [log.mapper.to_stored_event(e) for e in answered.collect_events()]
     stored_refused = [log.mapper.to_stored_event(e) for e in refused.collect_events()]
 
-    assert [(s.originator_version, s.topic, s.state) for s in stored] == STORED_REQUEST
+    version, topic, state = STORED_REQUEST[0]
+    assert (stored[0].originator_version, stored[0].topic, stored[0].state) == (
+        version, topic, state[:-1] + b',"key":"","class_version":2}')
+    assert [(s.originator_version, s.topic, s.state) for s in stored[1:]] == STORED_REQUEST[1:]
     assert (stored_refused[1].originator_version, stored_refused[1].topic,
             stored_refused[1].state) == STORED_REJECTED
-    log.recorder.insert_events(stored + stored_refused)
+    written_before = [StoredEvent(answered.id, v, t, s) for v, t, s in STORED_REQUEST]
+    log.recorder.insert_events(written_before + stored_refused)
     replayed = log.repository.get(answered.id)
     assert (replayed.user, replayed.job, replayed.finished, replayed.version) == (
         "alice", "job-a", True, 2)
