@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """History figures: what a start costs does not grow with the log (persisted projections).
 
-    .venv/bin/python scripts/bench_history.py [--quick] [--workdir DIR] [--no-serve]
+    .venv/bin/python scripts/bench_history.py [--quick] [--workdir DIR] [--parts PART ...]
 
 On SQLite, the embedded default store. The machine is shared and noisy, so a
 figure is a ratio against a baseline measured in the same run wherever one can be:
@@ -73,7 +73,8 @@ from saia.domain.request import Request
 from saia.domain.service import Service
 from saia.domain.spec import ServiceSpec
 from saia.hub import Hub
-from saia.projections.runner import BATCH, ProjectionRunner
+from saia.projections.reader import BATCH
+from saia.projections.runner import ProjectionRunner
 from saia.replay.rebuild import projections
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,6 +100,7 @@ SERVE_PORTS = (21300, 21399)
 SERVE_JOB_MINUTES = 240  # the job must outlive the whole run; it is cancelled at the end
 COLD_START_TIMEOUT = 300.0
 START_TIMEOUT = 120.0
+PARTS = ("restart", "catch-up", "serve")
 
 
 @dataclass(frozen=True)
@@ -112,9 +114,9 @@ class Size:
 
 
 FULL = Size(restart=(20_000, 400_000), restart_repeats=5, catch_up_requests=500_000,
-            catch_up_repeats=3, serve=(1_000_000, 10_000_000), serve_repeats=3)
+            catch_up_repeats=3, serve=(1_000_000, 10_000_000), serve_repeats=5)
 QUICK = Size(restart=(20_000, 100_000), restart_repeats=3, catch_up_requests=100_000,
-             catch_up_repeats=2, serve=(100_000, 1_000_000), serve_repeats=2)
+             catch_up_repeats=2, serve=(100_000, 1_000_000), serve_repeats=3)
 
 
 def say(message: str) -> None:
@@ -567,17 +569,34 @@ port_max = {SERVE_PORTS[1]}
         saia(self.config, "init", env=self.env())
 
     def alive_jobs(self) -> list[str]:
-        out = self.cluster.run("squeue", "-h", "-a", f"--name=saia-{self.service}",
-                               "-o", "%i|%T")  # fmt: skip
-        return [line for line in out.splitlines() if line.endswith(("|RUNNING", "|PENDING"))]
+        """The service's jobs Slurm runs or queues ("id|state"); other tests on the shared
+        cluster stop slurmctld now and then, so squeue is tried for up to a minute."""
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                out = self.cluster.run("squeue", "-h", "-a", f"--name=saia-{self.service}",
+                                       "-o", "%i|%T")  # fmt: skip
+            except subprocess.CalledProcessError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+                continue
+            return [line for line in out.splitlines()
+                    if line.endswith(("|RUNNING", "|PENDING", "|CONFIGURING"))]  # fmt: skip
 
     def cancel_jobs(self) -> None:
-        subprocess.run(["scancel", f"--name=saia-{self.service}"], capture_output=True,
-                       check=False, env={**os.environ, **self.cluster.env})  # fmt: skip
-        deadline = time.monotonic() + 60
-        while self.alive_jobs() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        left = self.alive_jobs()
+        """scancel every job of the service, until none is left (or two minutes passed)."""
+        deadline = time.monotonic() + 120
+        while True:
+            subprocess.run(["scancel", f"--name=saia-{self.service}"], capture_output=True,
+                           check=False, env={**os.environ, **self.cluster.env})  # fmt: skip
+            try:
+                left = self.alive_jobs()
+            except subprocess.CalledProcessError as error:
+                left = [f"unknown: {error.stderr.strip()}"]
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(1)
         say(f"serve: jobs of {self.service} cancelled; left in the queue: {left or 'none'}")
 
     def start(self, timeout: float, linger: float = 2.0) -> Start:
@@ -630,7 +649,7 @@ port_max = {SERVE_PORTS[1]}
                 if time.perf_counter() - began > timeout:
                     status = "no answer" if answer is None else answer.status_code
                     raise RuntimeError(f"no 200 within {timeout:g} s ({status}); see {out}")
-                time.sleep(0.005)
+                time.sleep(0.01)
 
     def job_id(self) -> str:
         """The service's one live job, as the log has it (the Request's ``job`` field)."""
@@ -713,7 +732,8 @@ def _serve_rows(
         say(f"serve: refresh {refresh:.1f} s ({read:,} events, {read / refresh:,.0f}/s), "
             f"account {account:.1f} s ({read / account:,.0f}/s)")
         size_now = db_bytes(bench.db)
-        say(f"serve: db {size_now / MB:,.0f} MB")
+        say(f"serve: db {size_now / MB:,.0f} MB (of which WAL "
+            f"{db_bytes(Path(f'{bench.db}-wal')) / MB:,.0f} MB)")
         with phases.timed(f"serve: timed starts, {requests:,} requests"):
             start = best_start(bench, size.serve_repeats)
         say(f"serve: {requests:,} requests: {start.seconds:.2f} s, peak {start.peak / MB:.1f} MB")
@@ -777,7 +797,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     parser.add_argument("--workdir", type=Path, help="where the logs go (default: under /tmp)")
-    parser.add_argument("--no-serve", action="store_true", help="skip the dev cluster part")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="which figures (default: all)")
+    parser.add_argument("--keep", action="store_true", help="keep the workdir (its logs)")
     args = parser.parse_args()
     size = QUICK if args.quick else FULL
     logging.basicConfig(level=logging.WARNING)
@@ -792,13 +814,19 @@ def main() -> int:
     rows: list[Row] = []
     began = time.perf_counter()
     try:
-        rows += restart_rows(size, workdir, phases)
-        catch_up_table, catch_up = catch_up_rows(size, workdir, phases)
-        rows += catch_up_table
-        if not args.no_serve:
+        if "restart" in args.parts:
+            rows += restart_rows(size, workdir, phases)
+        catch_up = None
+        if "catch-up" in args.parts:
+            catch_up_table, catch_up = catch_up_rows(size, workdir, phases)
+            rows += catch_up_table
+        if "serve" in args.parts:
             rows += serve_rows(size, workdir, phases, catch_up)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     print()
     print("phase                                                          seconds")
     for name, seconds in phases.seconds.items():

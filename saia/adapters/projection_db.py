@@ -127,6 +127,12 @@ class ProjectionDb:
     def blob(self) -> str:
         return "BYTEA" if self.dialect == "postgres" else "BLOB"
 
+    @property
+    def keyed(self) -> str:
+        """Ends a CREATE TABLE whose rows are found by their primary key alone: SQLite then
+        keeps them in that key's tree, one insert a row instead of two."""
+        return "" if self.dialect == "postgres" else " WITHOUT ROWID"
+
     @contextmanager
     def transaction(self) -> Iterator[Cursor]:
         """One transaction, committed if the block ends without an error."""

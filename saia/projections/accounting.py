@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -57,8 +57,9 @@ def daily_usage(db: ProjectionDb) -> dict[tuple[str, str, str], Usage]:
             request_ms in rows}  # fmt: skip
 
 
-def _hour(at: datetime) -> str:
-    return at.isoformat()[:13]  # 2026-12-02T07: event times are UTC
+def _hour_text(hour: int) -> str:
+    """Hours since the epoch as the tables name them: 2026-12-02T07 (UTC)."""
+    return datetime.fromtimestamp(hour * 3600, UTC).isoformat()[:13]
 
 
 def _ms(seconds: float) -> int:
@@ -75,12 +76,12 @@ class Accounting:
         self._clear()
 
     def _clear(self) -> None:
-        # request -> user, service, hour of arrival, arrival (epoch s), bytes in
-        self._open: dict[UUID, tuple[str, str, str, float, int]] = {}
+        # request -> user, service, hour of arrival (since the epoch), arrival (s), bytes in
+        self._open: dict[UUID, tuple[str, str, int, float, int]] = {}
         self._job_service: dict[UUID, str] = {}  # jobs requested and not ended
         self.running_since: dict[UUID, tuple[str, float]] = {}  # job -> service, start
         self.latest = 0.0  # time of the latest event applied
-        self._hourly: dict[Key, list[int]] = {}  # counts since the checkpoint
+        self._hourly: dict[tuple[int, str, str], list[int]] = {}  # counts since the checkpoint
         self._jobs: dict[str, list[int]] = {}  # service -> ms, jobs ended
 
     # -- checkpoints ---------------------------------------------------------------------
@@ -96,11 +97,11 @@ class Accounting:
         counters = ", ".join(f"{name} BIGINT NOT NULL" for name in COUNTERS)
         return [
             f"CREATE TABLE IF NOT EXISTS {daily} (day TEXT NOT NULL, user_name TEXT NOT NULL, "
-            f"service TEXT NOT NULL, {counters}, PRIMARY KEY (day, user_name, service))",
+            f"service TEXT NOT NULL, {counters}, PRIMARY KEY (day, user_name, service)){db.keyed}",
             f"CREATE TABLE IF NOT EXISTS {hourly} (hour TEXT NOT NULL, user_name TEXT NOT NULL, "
-            f"service TEXT NOT NULL, {counters}, PRIMARY KEY (hour, user_name, service))",
+            f"service TEXT NOT NULL, {counters}, PRIMARY KEY (hour, user_name, service)){db.keyed}",
             f"CREATE TABLE IF NOT EXISTS {jobs} (service TEXT PRIMARY KEY, "
-            "job_ms BIGINT NOT NULL, jobs BIGINT NOT NULL)",
+            f"job_ms BIGINT NOT NULL, jobs BIGINT NOT NULL){db.keyed}",
         ]
 
     def snapshot(self) -> bytes:
@@ -123,16 +124,19 @@ class Accounting:
 
     def write(self, cursor: Cursor, db: ProjectionDb) -> None:
         daily, hourly, jobs = self.tables(db, self.VERSION)
+        texts = {hour: _hour_text(hour) for hour, _, _ in self._hourly}
         days: dict[Key, list[int]] = {}
+        hours: dict[Key, list[int]] = {}
+        cutoff = self.hourly_cutoff()
         for (hour, user, service), counts in self._hourly.items():
-            total = days.setdefault((hour[:10], user, service), [0] * len(COUNTERS))
+            text = texts[hour]
+            total = days.setdefault((text[:10], user, service), [0] * len(COUNTERS))
             for i, n in enumerate(counts):
                 total[i] += n
+            if text >= cutoff:
+                hours[(text, user, service)] = counts
         cursor.executemany(_upsert(daily, "day"), [(*k, *v) for k, v in days.items()])
-        cutoff = self.hourly_cutoff()
-        cursor.executemany(
-            _upsert(hourly, "hour"), [(*k, *v) for k, v in self._hourly.items() if k[0] >= cutoff]
-        )
+        cursor.executemany(_upsert(hourly, "hour"), [(*k, *v) for k, v in hours.items()])
         cursor.execute(f"DELETE FROM {hourly} WHERE hour < ?", (cutoff,))
         cursor.executemany(
             f"INSERT INTO {jobs} AS t (service, job_ms, jobs) VALUES (?, ?, ?) "
@@ -149,7 +153,7 @@ class Accounting:
         """The oldest hour the hourly table keeps: a function of the log, not of the clock."""
         if not self.latest:
             return ""
-        return _hour(datetime.fromtimestamp(self.latest, UTC) - timedelta(days=HOURLY_DAYS))
+        return _hour_text(int(self.latest) // 3600 - HOURLY_DAYS * 24)
 
     # -- events --------------------------------------------------------------------------
 
@@ -158,27 +162,26 @@ class Accounting:
         if handler is not None:
             at = event.timestamp.timestamp()
             self.latest = max(self.latest, at)
-            handler(self, event)
+            handler(self, event, at)
 
-    def _request_started(self, e: Request.Started) -> None:
-        at = e.timestamp
-        self._open[e.originator_id] = (e.user, e.service, _hour(at), at.timestamp(), e.bytes_in)
+    def _request_started(self, e: Request.Started, at: float) -> None:
+        self._open[e.originator_id] = (e.user, e.service, int(at) // 3600, at, e.bytes_in)
 
-    def _request_finished(self, e: Request.Finished) -> None:
-        counts = self._close(e.originator_id, e.timestamp.timestamp())
+    def _request_finished(self, e: Request.Finished, at: float) -> None:
+        counts = self._close(e.originator_id, at)
         if counts is not None:
             counts[1] += e.status >= 400
             counts[2] += e.prompt_tokens
             counts[3] += e.completion_tokens
             counts[5] += e.bytes_out
 
-    def _request_rejected(self, e: Request.Rejected) -> None:
-        counts = self._close(e.originator_id, e.timestamp.timestamp())
+    def _request_rejected(self, e: Request.Rejected, at: float) -> None:
+        counts = self._close(e.originator_id, at)
         if counts is not None:
             counts[1] += 1
 
-    def _request_abandoned(self, e: Request.Abandoned) -> None:
-        self._close(e.originator_id, e.timestamp.timestamp())  # a request; its answer unknown
+    def _request_abandoned(self, e: Request.Abandoned, at: float) -> None:
+        self._close(e.originator_id, at)  # a request; its answer unknown
 
     def _close(self, request: UUID, at: float) -> list[int] | None:
         opened = self._open.pop(request, None)
@@ -194,20 +197,19 @@ class Accounting:
         counts[6] += _ms(at - started)
         return counts
 
-    def _job_requested(self, e: Job.Requested) -> None:
+    def _job_requested(self, e: Job.Requested, at: float) -> None:
         self._job_service[e.originator_id] = e.service
 
-    def _job_started(self, e: Job.Started) -> None:
-        service = self._job_service[e.originator_id]
-        self.running_since[e.originator_id] = (service, e.timestamp.timestamp())
+    def _job_started(self, e: Job.Started, at: float) -> None:
+        self.running_since[e.originator_id] = (self._job_service[e.originator_id], at)
 
-    def _job_gone(self, e: Job.Ended | Job.SubmissionFailed) -> None:
+    def _job_gone(self, e: Job.Ended | Job.SubmissionFailed, at: float) -> None:
         self._job_service.pop(e.originator_id, None)
         running = self.running_since.pop(e.originator_id, None)
         if running is not None:
             service, since = running
             totals = self._jobs.setdefault(service, [0, 0])
-            totals[0] += _ms(e.timestamp.timestamp() - since)
+            totals[0] += _ms(at - since)
             totals[1] += 1
 
 
@@ -221,7 +223,7 @@ def _upsert(table: str, period: str) -> str:
     )
 
 
-_HANDLERS: dict[type, Callable[[Accounting, Any], None]] = {
+_HANDLERS: dict[type, Callable[[Accounting, Any, float], None]] = {
     Request.Started: Accounting._request_started,
     Request.Finished: Accounting._request_finished,
     Request.Rejected: Accounting._request_rejected,
