@@ -220,6 +220,10 @@ class Exchange:
             finally:
                 assert self.job is not None
                 self.router.release(self.intake.service, self.job)
+                if status == CLIENT_GONE and meter.complete():
+                    # The openai client closes a stream at [DONE], often before the job
+                    # ends its body: the answer was whole all the same.
+                    status = upstream.status
                 self.finish(status, meter)
 
 

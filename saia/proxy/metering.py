@@ -52,6 +52,11 @@ class Meter:
                 self._whole_too_big = True
                 self._whole.clear()
 
+    def complete(self) -> bool:
+        """Whether a stream's last event so far is ``data: [DONE]``: its client has it all,
+        whether or not the job has ended its body yet."""
+        return self.streaming and bytes(self._tail).rstrip().endswith(b"data: [DONE]")
+
     def usage(self) -> Usage:
         if not self.streaming:
             try:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
 
 from saia import recording
 from saia.demand import DemandTracker
@@ -136,3 +142,33 @@ def test_user_comes_from_the_trusted_header_only_when_configured(
                    json={"model": SERVICE, "prompt": "x"}, headers={"x-user": "dave"})  # fmt: skip
     expected = "dave" if user_header else "anonymous"
     assert list(settled_usage(ready, requests=1)) == [expected]
+
+
+def lingering_backend() -> Starlette:
+    """A job that streams a whole answer, [DONE] included, then takes a second to end it."""
+
+    async def chat(request: Request) -> StreamingResponse:
+        async def body() -> AsyncIterator[bytes]:
+            yield (b'data: {"id":"c","object":"chat.completion.chunk","created":0,"model":"m",'
+                   b'"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\n')
+            yield (b'data: {"id":"c","object":"chat.completion.chunk","created":0,"model":"m",'
+                   b'"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,'
+                   b'"total_tokens":4}}\n\n')  # fmt: skip
+            yield b"data: [DONE]\n\n"
+            await asyncio.sleep(1.0)
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+def test_a_stream_closed_by_its_client_after_done_is_recorded_as_answered(proxy: Proxy) -> None:
+    """The openai client closes a stream as soon as it reads [DONE]: when the job ends its
+    body later, the answer is still recorded with the job's status and tokens, not as 499."""
+    with serving(lingering_backend()) as port:
+        proxy.hub.add_job(SERVICE, port)
+        stream = proxy.client("dora").chat.completions.create(
+            model=SERVICE, messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        assert [chunk.usage for chunk in stream if chunk.usage is not None]
+        assert settled_usage(proxy, requests=1) == {"dora": (1, 0, 3, 1)}
