@@ -38,13 +38,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
+from benchmeasure import median_of, read_and_decode_rate
 from benchtable import Row, print_table
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import StoredEvent
@@ -58,7 +58,6 @@ from saia.domain.service import Service
 from saia.domain.spec import ServiceSpec
 from saia.domain.state import JobView, ServiceView
 from saia.projections.accounting import Accounting
-from saia.projections.reader import BATCH
 from saia.projections.runner import ProjectionRunner
 from saia.projections.service_state import ServiceState
 from saia.recording import GroupCommitter
@@ -83,14 +82,6 @@ FULL = Size(repeats=5, requests_per_producer=300, log_events=200_000, plan_repea
 QUICK = Size(repeats=3, requests_per_producer=60, log_events=40_000, plan_repeats=21)
 
 
-
-def median_of(repeats: int, *measures: Callable[[], float]) -> list[float]:
-    """Run the measures interleaved, ``repeats`` times; the median of each."""
-    results: list[list[float]] = [[] for _ in measures]
-    for _ in range(repeats):
-        for result, measure in zip(results, measures, strict=True):
-            result.append(measure())
-    return [statistics.median(result) for result in results]
 
 
 # -- recording -----------------------------------------------------------------------
@@ -282,20 +273,6 @@ def realistic_events(target: int, rng: random.Random) -> list[Any]:
             take(job)
     return events
 
-
-def read_and_decode_rate(log: EventLog) -> float:
-    """The floor of any rebuild: read every row and decode it, nothing else."""
-    to_domain_event = log.mapper.to_domain_event
-    position, count = 0, 0
-    started = time.perf_counter()
-    while batch := log.recorder.select_notifications(
-        start=position, limit=BATCH, inclusive_of_start=False
-    ):
-        for notification in batch:
-            to_domain_event(notification)
-        position = batch[-1].id
-        count += len(batch)
-    return count / (time.perf_counter() - started)
 
 
 def rebuild_rate(log: EventLog) -> float:

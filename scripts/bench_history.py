@@ -62,6 +62,7 @@ from uuid import uuid4
 
 import httpx
 import orjson
+from benchmeasure import median_of, read_and_decode_rate
 from benchtable import Row, print_table
 from eventsourcing.domain import Aggregate
 
@@ -73,7 +74,6 @@ from saia.domain.request import Request
 from saia.domain.service import Service
 from saia.domain.spec import ServiceSpec
 from saia.hub import Hub
-from saia.projections.reader import BATCH
 from saia.projections.runner import ProjectionRunner
 from saia.replay.rebuild import projections
 
@@ -138,14 +138,6 @@ class Phases:
             self.seconds[name] = time.perf_counter() - began
             say(f"{name}: {self.seconds[name]:.1f} s")
 
-
-def median_of(repeats: int, *measures: Callable[[], float]) -> list[float]:
-    """Run the measures interleaved, ``repeats`` times; the median of each."""
-    results: list[list[float]] = [[] for _ in measures]
-    for _ in range(repeats):
-        for result, measure in zip(results, measures, strict=True):
-            result.append(measure())
-    return [statistics.median(result) for result in results]
 
 
 def db_bytes(path: Path) -> int:
@@ -412,20 +404,6 @@ def restart_rows(size: Size, workdir: Path, phases: Phases) -> list[Row]:
 
 # -- catch-up rate -----------------------------------------------------------------------
 
-
-def read_and_decode_rate(log: EventLog) -> float:
-    """The floor of any catch-up: read every row and decode it, nothing else."""
-    to_domain_event = log.mapper.to_domain_event
-    position, count = 0, 0
-    started = time.perf_counter()
-    while batch := log.recorder.select_notifications(
-        start=position, limit=BATCH, inclusive_of_start=False
-    ):
-        for notification in batch:
-            to_domain_event(notification)
-        position = batch[-1].id
-        count += len(batch)
-    return count / (time.perf_counter() - started)
 
 
 def catch_up_rate(log: EventLog, scratch: Path) -> float:
