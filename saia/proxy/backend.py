@@ -34,6 +34,16 @@ class LinkDown(BackendUnreachable):
     """The way to every job is down (the SSH link, say), not this job: no job is to blame."""
 
 
+class RequestRefused(Exception):
+    """The way to the job refused the request for what it is (its path, headers or body):
+    the client's error, answered with ``status``; no job is to blame and none is tried."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"the request was refused ({status}): {reason}")
+        self.status = status
+        self.reason = reason
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamResponse:
     status: int

@@ -29,6 +29,7 @@ from saia.proxy.backend import (
     BackendUnreachable,
     Headers,
     LinkDown,
+    RequestRefused,
     UpstreamResponse,
 )
 from saia.proxy.errors import ProxyError, error_body
@@ -157,6 +158,11 @@ class Exchange:
                 self.router.release(service, job)
                 raise ProxyError(502, f"the jobs of {service!r} cannot be reached now: "
                                  f"{error.reason}", "backend_unreachable") from None  # fmt: skip
+            except RequestRefused as error:
+                logger.info("request %s: %s", self.id, error)
+                self.router.release(service, job)
+                refused = "the request's path, headers or body are not accepted by the cluster"
+                raise ProxyError(error.status, refused, "invalid_request") from None
             except BackendUnreachable as error:
                 logger.warning("request %s: %s; it is set aside", self.id, error)
                 self.router.release(service, job)

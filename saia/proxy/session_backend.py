@@ -16,7 +16,13 @@ import paramiko
 from saia.adapters.channel_stream import ChannelByteStream
 from saia.adapters.session_client import SessionClient, SessionClosed, StreamReset
 from saia.domain.state import JobView
-from saia.proxy.backend import BackendUnreachable, Headers, LinkDown, UpstreamResponse
+from saia.proxy.backend import (
+    BackendUnreachable,
+    Headers,
+    LinkDown,
+    RequestRefused,
+    UpstreamResponse,
+)
 
 # The entrypoint marks its own answers with this header; the job's answers lack it.
 ENTRYPOINT_ANSWER = "saia-exit-code"
@@ -82,10 +88,19 @@ class SessionBackend:
             # "cannot connect": the job never saw the request, like every refusal of the
             # entrypoint's own (a job that is no longer running, say). Other 502/504s may
             # have reached it: those are answered, not retried.
+            reason = detail.decode(errors="replace").strip()
+            if _the_requests_fault(response.status):
+                raise RequestRefused(response.status, reason)
             if response.status not in MAYBE_REACHED or b"cannot connect" in detail:
-                raise BackendUnreachable(job, detail.decode(errors="replace").strip())
+                raise BackendUnreachable(job, reason)
             chunks = _once(detail)
         return UpstreamResponse(response.status, response.headers, chunks, response.aclose)
+
+
+def _the_requests_fault(status: int) -> bool:
+    """An entrypoint's 4xx is about the request (its path, method, headers or body); its
+    403 is about the job (not saia's, or no longer running), which another may replace."""
+    return 400 <= status < 500 and status != 403
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:

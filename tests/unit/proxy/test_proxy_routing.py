@@ -17,7 +17,14 @@ from saia.demand import DemandTracker
 from saia.domain.job import Phase
 from saia.domain.state import JobView
 from saia.proxy.app import create_app
-from saia.proxy.backend import AnswerBroken, Headers, HttpBackend, LinkDown, UpstreamResponse
+from saia.proxy.backend import (
+    AnswerBroken,
+    Headers,
+    HttpBackend,
+    LinkDown,
+    RequestRefused,
+    UpstreamResponse,
+)
 from saia.proxy.errors import ProxyError
 from saia.proxy.routing import Router
 from saia.proxy.settings import ProxySettings
@@ -182,6 +189,38 @@ def test_a_link_down_fails_at_once_and_sets_no_job_aside(proxy: Proxy) -> None:
         answers = [httpx.post(url, json={"model": SERVICE, "prompt": "x"}) for _ in range(2)]
     assert [answer.status_code for answer in answers] == [502, 502]
     assert backend.sent == 2  # one try each, and the second still found a job to try
+    assert not wakes
+
+
+class Refusing:
+    """A backend whose way to the jobs refuses every request for what it is (its path)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    async def send(self, job: JobView, method: str, path: str, headers: Headers,
+                   body: bytes) -> UpstreamResponse:  # fmt: skip
+        self.sent += 1
+        raise RequestRefused(400, "the path must be a plain /path?query without '..'")
+
+
+def test_a_refused_request_is_the_clients_4xx_and_takes_no_job_offline(proxy: Proxy) -> None:
+    """A request refused for itself (a %2F in its path, say) is answered 400 without the
+    entrypoint's words; the job is not set aside, the controller not woken, and the next
+    request is tried on the same job."""
+    proxy.hub.add_job(SERVICE, free_port())
+    backend = Refusing()
+    wakes: list[float] = []
+    recorder = GroupCommitter(proxy.log)
+    app = create_app(proxy.hub, DemandTracker(), recorder, backend, ProxySettings(),
+                     lambda: wakes.append(time.monotonic()))  # fmt: skip
+    with recorder, serving(app) as port:
+        url = f"http://127.0.0.1:{port}/v1/completions"
+        answers = [httpx.post(url, json={"model": SERVICE, "prompt": "x"}) for _ in range(3)]
+    assert [answer.status_code for answer in answers] == [400, 400, 400]
+    assert [answer.json()["error"]["code"] for answer in answers] == ["invalid_request"] * 3
+    assert not any("plain /path" in answer.text for answer in answers)
+    assert backend.sent == 3  # each tried once, on the job still in service
     assert not wakes
 
 

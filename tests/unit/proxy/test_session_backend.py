@@ -12,7 +12,7 @@ import pytest
 from saia.adapters.session_client import SessionClient, SessionClosed
 from saia.domain.job import Phase
 from saia.domain.state import JobView
-from saia.proxy.backend import BackendUnreachable, LinkDown
+from saia.proxy.backend import BackendUnreachable, LinkDown, RequestRefused
 from saia.proxy.session_backend import SessionBackend
 from tests.net import free_port
 from tests.unit.test_session import run, session
@@ -94,5 +94,20 @@ def test_no_session_is_a_link_down_that_blames_no_job() -> None:
         backend = SessionBackend(LostSession())
         with pytest.raises(LinkDown):
             await backend.send(job_view("4242"), "GET", "/health", [], b"")
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("path", ["/v1/chat%2Fcompletions", "/v1/../admin", "/v1/a b"])
+def test_a_request_the_entrypoint_refuses_is_the_clients_error(tmp_path: Path, path: str) -> None:
+    """A path the entrypoint does not accept is a refusal of the request (4xx), not a job
+    that cannot be reached: no job is blamed for it."""
+
+    async def scenario() -> None:
+        async with session(tmp_path) as s:
+            backend = SessionBackend(GivenSession(s.client))
+            with pytest.raises(RequestRefused) as refused:
+                await backend.send(job_view(s.job_id), "POST", path, [], b"{}")
+            assert 400 <= refused.value.status < 500
 
     run(scenario)
