@@ -155,9 +155,11 @@ class Exchange:
                     job, self.intake.method, self.path, self.headers, self.intake.body
                 )
             except LinkDown as error:
+                # The link's error is for the log and /metrics, not for API clients.
+                logger.warning("request %s: %s", self.id, error)
                 self.router.release(service, job)
-                raise ProxyError(502, f"the jobs of {service!r} cannot be reached now: "
-                                 f"{error.reason}", "backend_unreachable") from None  # fmt: skip
+                raise ProxyError(502, f"the jobs of {service!r} cannot be reached now",
+                                 "backend_unreachable") from None  # fmt: skip
             except RequestRefused as error:
                 logger.info("request %s: %s", self.id, error)
                 self.router.release(service, job)

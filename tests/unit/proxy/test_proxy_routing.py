@@ -188,6 +188,7 @@ def test_a_link_down_fails_at_once_and_sets_no_job_aside(proxy: Proxy) -> None:
         url = f"http://127.0.0.1:{port}/v1/completions"
         answers = [httpx.post(url, json={"model": SERVICE, "prompt": "x"}) for _ in range(2)]
     assert [answer.status_code for answer in answers] == [502, 502]
+    assert not any("session channel" in answer.text for answer in answers)  # the link's words
     assert backend.sent == 2  # one try each, and the second still found a job to try
     assert not wakes
 
