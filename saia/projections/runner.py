@@ -180,10 +180,14 @@ class ProjectionRunner:
         next_progress = PROGRESS_EVERY
         while True:
             behind = [e.position for e in self._entries if e.position < _limit(limits[id(e)])]
-            if not behind:
-                break
-            batch, events = self._reader.read(min(behind), stop)
+            batch, events = self._reader.read(min(behind), stop) if behind else ((), ())
             if not batch:
+                # At the end. A projection built from the start is checkpointed at once
+                # (built once, not at every start). A checkpoint refused here reloaded its
+                # projection from another process's, which may be short of the end.
+                if self._checkpoint(guard, lambda entry: entry.pending >= entry.projection.LAZY
+                                    or (entry.stored is None and entry.position > 0)):  # fmt: skip
+                    continue
                 break
             with guard:
                 for entry in self._entries:
@@ -196,9 +200,6 @@ class ProjectionRunner:
             if read >= next_progress:
                 log.warning("projections at position %d of %d", last, self.log.last_position())
                 next_progress += PROGRESS_EVERY
-        # A projection built from the start is checkpointed at once: built once, not per start.
-        self._checkpoint(guard, lambda entry: entry.pending >= entry.projection.LAZY
-                         or (entry.stored is None and entry.position > 0))  # fmt: skip
         if until is None:
             self._drop_older()
         return read
@@ -228,7 +229,9 @@ class ProjectionRunner:
 
     def _checkpoint(
         self, guard: AbstractContextManager[object], due: Callable[[_Entry], bool]
-    ) -> None:
+    ) -> bool:
+        """Checkpoints the projections that are due; whether any was refused and reloaded."""
+        reloaded = False
         for entry in self._entries:
             if not due(entry):
                 continue
@@ -246,9 +249,11 @@ class ProjectionRunner:
                 log.info("%s; reloading it", conflict)
                 with guard:
                     self._reload(entry)
+                reloaded = True
                 continue
             projection.written()
             entry.stored = tracked.position
+        return reloaded
 
     def _drop_older(self) -> None:
         """Once a rebuilt version has reached the end, the versions it replaces go."""

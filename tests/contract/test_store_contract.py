@@ -331,6 +331,25 @@ class StoreContract:
             assert first.position == second.position == log.last_position()
         assert daily_usage(ProjectionDb.beside(log))[("dave", "chat", "2026-11-02")].requests == 5
 
+    def test_a_catch_up_whose_checkpoint_is_refused_still_reaches_the_end(
+        self, store: StoreSettings, log: EventLog
+    ) -> None:
+        """A runner whose last checkpoint is refused (another process checkpointed further
+        meanwhile, though not to the end) reloads from that one and goes on to the end."""
+        history(log, after_each_save=lambda: None)
+        first = ProjectionRunner(log, ProjectionDb.beside(log), [Accounting()])
+        first.catch_up(until={Accounting.NAME: 1})
+        with EventLog(store) as other:
+            second = ProjectionRunner(other, ProjectionDb.beside(other), [Accounting()])
+            second.catch_up(until={Accounting.NAME: 2})
+        first.catch_up()
+        assert first.position == log.last_position()
+        scratch = ProjectionDb.scratch()
+        rebuilt = ProjectionRunner(log, scratch, [Accounting()])
+        rebuilt.catch_up()
+        assert contents(ProjectionDb.beside(log), [Accounting()]) == contents(
+            scratch, [Accounting()])
+
     def test_a_checkpoint_that_fails_leaves_the_previous_one(
         self, store: StoreSettings, log: EventLog, monkeypatch: pytest.MonkeyPatch
     ) -> None:

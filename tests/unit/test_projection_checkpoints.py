@@ -180,7 +180,7 @@ class CheckpointMachine(RuleBasedStateMachine):
 
 TestCheckpoints = CheckpointMachine.TestCase
 TestCheckpoints.settings = settings(
-    max_examples=40, stateful_step_count=30, deadline=None,
+    max_examples=150, stateful_step_count=30, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 
