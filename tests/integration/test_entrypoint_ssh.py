@@ -506,6 +506,30 @@ def test_a_pty_cannot_be_had(link: Link) -> None:
     assert b"\r\n" not in answer.stdout  # a terminal would have turned "\n" into "\r\n"
 
 
+def test_the_accounts_ssh_rc_is_never_run(link: Link) -> None:
+    """~/.ssh/rc of the key's account does not run (restrict, PermitUserRC no): only the
+    forced command does."""
+    account = pwd.getpwnam(link.user)
+    folder = Path(account.pw_dir) / ".ssh"
+    created = not folder.exists()
+    folder.mkdir(mode=0o700, exist_ok=True)
+    os.chown(folder, account.pw_uid, account.pw_gid)
+    rc = folder / "rc"
+    assert not rc.exists(), f"{rc} exists already"
+    marker = Path(f"/tmp/saia-rc-ran-{uuid.uuid4().hex}")
+    rc.write_text(f"touch {marker}\n")
+    os.chown(rc, account.pw_uid, account.pw_gid)
+    try:
+        answer = link.run("keep-alive")
+        assert answer.returncode == 0, answer.stderr
+        assert not marker.exists()
+    finally:
+        rc.unlink()
+        marker.unlink(missing_ok=True)
+        if created:
+            folder.rmdir()
+
+
 def test_remote_port_forwarding_is_refused(link: Link) -> None:
     """ssh -R is refused by the server."""
     options = ["-o", "ExitOnForwardFailure=yes", "-R", "0:127.0.0.1:9"]
