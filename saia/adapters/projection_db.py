@@ -230,7 +230,10 @@ class ProjectionDb:
         if changed != 1:
             raise ProjectionConflict(name, version, base)
 
-    def forget(self, cursor: Cursor, name: str, version: int) -> None:
+    def drop(self, cursor: Cursor, name: str, version: int, tables: Sequence[str]) -> None:
+        """A projection's version gone, in the caller's transaction: its tables and row."""
+        for table in tables:
+            cursor.execute(f"DROP TABLE IF EXISTS {table}")
         cursor.execute(
             f"DELETE FROM {self.table(TRACKING)} WHERE name = ? AND version = ?", (name, version)
         )

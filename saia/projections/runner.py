@@ -263,9 +263,8 @@ class ProjectionRunner:
             projection = entry.projection
             with self.db.transaction() as cursor:
                 for version in entry.older:
-                    for table in projection.tables(self.db, version):
-                        cursor.execute(f"DROP TABLE IF EXISTS {table}")
-                    self.db.forget(cursor, projection.NAME, version)
+                    tables = projection.tables(self.db, version)
+                    self.db.drop(cursor, projection.NAME, version, tables)
             log.warning("projection %s v%d is built; dropped v%s", projection.NAME,
                         projection.VERSION, ", v".join(map(str, entry.older)))  # fmt: skip
             entry.older = ()

@@ -53,9 +53,7 @@ def rebuild(
         with db.transaction() as cursor:
             for projection in chosen:
                 for version in versions[projection.NAME]:
-                    for table in projection.tables(db, version):
-                        cursor.execute(f"DROP TABLE IF EXISTS {table}")
-                    db.forget(cursor, projection.NAME, version)
+                    db.drop(cursor, projection.NAME, version, projection.tables(db, version))
         runner = ProjectionRunner(log, db, chosen)
         runner.catch_up(on_batch)
         runner.checkpoint()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -163,46 +164,44 @@ def test_a_job_refusing_again_after_its_pause_ends_in_502(proxy: Proxy) -> None:
     assert 0.1 <= took < 3  # two pauses between three attempts, not max_wait_seconds
 
 
-class LinkCut:
-    """A backend whose way to every job is down, as the SSH link's loss makes it."""
+class Failing:
+    """A backend that raises the same error for every request it is given."""
 
-    def __init__(self) -> None:
+    def __init__(self, error: Callable[[JobView], Exception]) -> None:
+        self.error = error
         self.sent = 0
 
     async def send(self, job: JobView, method: str, path: str, headers: Headers,
                    body: bytes) -> UpstreamResponse:  # fmt: skip
         self.sent += 1
-        raise LinkDown(job, "the session channel is closed")
+        raise self.error(job)
 
 
-def test_a_link_down_fails_at_once_and_sets_no_job_aside(proxy: Proxy) -> None:
-    """Without the link no job is to blame: 502 at once, no wait, and no job set aside."""
-    proxy.hub.add_job(SERVICE, free_port())
-    proxy.hub.add_job(SERVICE, free_port())
-    backend = LinkCut()
+def completions_through(proxy: Proxy, backend: Failing, requests: int) -> tuple[
+        list[httpx.Response], list[float]]:  # fmt: skip
+    """``requests`` completions through a proxy on ``backend``; the answers, and the times
+    the controller was woken."""
     wakes: list[float] = []
     recorder = GroupCommitter(proxy.log)
     app = create_app(proxy.hub, DemandTracker(), recorder, backend, ProxySettings(),
                      lambda: wakes.append(time.monotonic()))  # fmt: skip
     with recorder, serving(app) as port:
         url = f"http://127.0.0.1:{port}/v1/completions"
-        answers = [httpx.post(url, json={"model": SERVICE, "prompt": "x"}) for _ in range(2)]
+        answers = [httpx.post(url, json={"model": SERVICE, "prompt": "x"})
+                   for _ in range(requests)]  # fmt: skip
+    return answers, wakes
+
+
+def test_a_link_down_fails_at_once_and_sets_no_job_aside(proxy: Proxy) -> None:
+    """Without the link no job is to blame: 502 at once, no wait, and no job set aside."""
+    proxy.hub.add_job(SERVICE, free_port())
+    proxy.hub.add_job(SERVICE, free_port())
+    backend = Failing(lambda job: LinkDown(job, "the session channel is closed"))
+    answers, wakes = completions_through(proxy, backend, 2)
     assert [answer.status_code for answer in answers] == [502, 502]
     assert not any("session channel" in answer.text for answer in answers)  # the link's words
     assert backend.sent == 2  # one try each, and the second still found a job to try
     assert not wakes
-
-
-class Refusing:
-    """A backend whose way to the jobs refuses every request for what it is (its path)."""
-
-    def __init__(self) -> None:
-        self.sent = 0
-
-    async def send(self, job: JobView, method: str, path: str, headers: Headers,
-                   body: bytes) -> UpstreamResponse:  # fmt: skip
-        self.sent += 1
-        raise RequestRefused(400, "the path must be a plain /path?query without '..'")
 
 
 def test_a_refused_request_is_the_clients_4xx_and_takes_no_job_offline(proxy: Proxy) -> None:
@@ -210,14 +209,9 @@ def test_a_refused_request_is_the_clients_4xx_and_takes_no_job_offline(proxy: Pr
     entrypoint's words; the job is not set aside, the controller not woken, and the next
     request is tried on the same job."""
     proxy.hub.add_job(SERVICE, free_port())
-    backend = Refusing()
-    wakes: list[float] = []
-    recorder = GroupCommitter(proxy.log)
-    app = create_app(proxy.hub, DemandTracker(), recorder, backend, ProxySettings(),
-                     lambda: wakes.append(time.monotonic()))  # fmt: skip
-    with recorder, serving(app) as port:
-        url = f"http://127.0.0.1:{port}/v1/completions"
-        answers = [httpx.post(url, json={"model": SERVICE, "prompt": "x"}) for _ in range(3)]
+    backend = Failing(lambda job: RequestRefused(
+        400, "the path must be a plain /path?query without '..'"))  # fmt: skip
+    answers, wakes = completions_through(proxy, backend, 3)
     assert [answer.status_code for answer in answers] == [400, 400, 400]
     assert [answer.json()["error"]["code"] for answer in answers] == ["invalid_request"] * 3
     assert not any("plain /path" in answer.text for answer in answers)
