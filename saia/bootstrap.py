@@ -9,9 +9,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import paramiko
+
+from saia.adapters.control_session import ControlSession
 from saia.adapters.lock import FileLock
 from saia.adapters.prober import HttpProber
 from saia.adapters.prober_remote import RemoteProber
+from saia.adapters.session_client import ReconnectingSession
 from saia.adapters.slurm_local import LocalSlurm, LocalSlurmSettings, SlurmCommands
 from saia.adapters.slurm_remote import RemoteSlurm
 from saia.adapters.ssh_link import SshLink, SshLinkSettings
@@ -21,7 +25,7 @@ from saia.demand import DemandTracker
 from saia.hub import Hub
 from saia.ports import Prober, Slurm
 from saia.proxy.backend import Backend, HttpBackend
-from saia.proxy.session_backend import ReconnectingSession, SessionBackend
+from saia.proxy.session_backend import SessionBackend
 
 
 def hub_for(config: Config) -> Hub:
@@ -89,10 +93,17 @@ def cluster_access(config: Config, hub: Hub) -> ClusterAccess:
     link = ssh_link(config.ssh, hub)
     link.wait_up(timeout=10.0)  # a first pass with the link still connecting is wasted
 
-    def session_backend() -> Backend:
-        return SessionBackend(ReconnectingSession(lambda: link.open_channel("session")))
+    def open_session() -> paramiko.Channel:
+        return link.open_channel("session")
 
-    return ClusterAccess(RemoteSlurm(link), RemoteProber(link), session_backend,
+    def session_backend() -> Backend:
+        return SessionBackend(ReconnectingSession(open_session))
+
+    # The controller's passes and probes have a session of their own: no process is
+    # started on the login node per pass, and a burst of requests never delays them.
+    control = ControlSession(open_session)
+    hub.on_close(control.close)  # before the link (closers run newest first)
+    return ClusterAccess(RemoteSlurm(control), RemoteProber(control), session_backend,
                          lambda: link.up)  # fmt: skip
 
 

@@ -1,4 +1,5 @@
-"""Fakes for fast tests: a Slurm queue in memory, a prober that asks it, a clock."""
+"""Fakes for fast tests: a Slurm queue in memory (as the hub and the login node see it),
+a prober that asks it, a clock."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from saia.domain.slurm import SlurmJob, SlurmState
+from saia.entrypoint.config import ServiceRule
+from saia.entrypoint.refusal import Refusal
 from saia.ports import (
     ProbeResult,
     ProbeTarget,
@@ -14,6 +17,8 @@ from saia.ports import (
     SubmissionRejected,
     SubmitRequest,
 )
+from saia.protocol import exits
+from saia.protocol.jobs import JobRecord
 
 
 class FakeClock:
@@ -145,3 +150,31 @@ class FakeProber:
             )
             results[target.job] = ProbeResult(ok, 0.001 if ok else timeout)
         return results
+
+
+class FakeLoginSlurm:
+    """The login node's Slurm (saia.entrypoint.slurm.LoginSlurm) over a FakeSlurm queue."""
+
+    def __init__(self, slurm: FakeSlurm) -> None:
+        self.slurm = slurm
+
+    def jobs(self) -> list[JobRecord]:
+        if not self.slurm.available:
+            raise Refusal("Slurm did not answer: squeue: unreachable", exits.TEMPORARY)
+        return [
+            JobRecord(
+                job_id=job.job_id, service=job.service, token=job.token, port=job.port,
+                state=job.state.value, batch_host=job.batch_host, time_used=job.time_used,
+                time_limit=job.time_limit, start_time=job.start_time,
+            )
+            for job in self.slurm.jobs()
+        ]  # fmt: skip
+
+    def submit(self, rule: ServiceRule, port: int, token: str) -> str:
+        if not self.slurm.accepting:
+            raise Refusal("sbatch refused the job: Batch job submission failed", exits.UNAVAILABLE)
+        request = SubmitRequest(rule.id, rule.sbatch, port, token, rule.time_limit * 60.0)
+        return self.slurm.submit(request)
+
+    def cancel(self, job_id: str) -> None:
+        self.slurm.cancel(job_id)

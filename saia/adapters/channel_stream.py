@@ -19,7 +19,7 @@ from collections import deque
 
 import paramiko
 
-from saia.adapters.h2_wire import READ_CHUNK
+from saia.protocol.h2_wire import READ_CHUNK
 
 STDERR_KEPT = 2000  # characters of the entrypoint's stderr kept to explain an end
 EXIT_STATUS_WAIT = 1.0  # seconds to wait for the exit status after the channel's end

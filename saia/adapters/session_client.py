@@ -28,9 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 import h2.config
 import h2.connection
@@ -40,8 +40,9 @@ import h2.exceptions
 import h2.settings
 import paramiko
 
-from saia.adapters.h2_wire import ByteStream, H2Wire, StreamGone
+from saia.adapters.channel_stream import ChannelByteStream
 from saia.adapters.session_response import Exchange, SessionResponse
+from saia.protocol.h2_wire import ByteStream, H2Wire, StreamGone
 
 DEFAULT_WINDOW = 65535  # HTTP/2's initial window, before any WINDOW_UPDATE
 # Headers that describe one hop (HTTP/2 forbids them), and Host, which :authority replaces.
@@ -330,3 +331,37 @@ def _head(method: str, path: str, headers: Iterable[tuple[str, str]]) -> list[tu
         if lowered not in HOP_BY_HOP:
             head.append((lowered.encode("ascii"), value.encode("latin-1")))
     return head
+
+
+class SessionSource(Protocol):
+    async def session(self) -> SessionClient:
+        """A started session; raises SessionClosed when none can be had."""
+        ...
+
+
+class ReconnectingSession:
+    """One session at a time, opened on first use and again after it died."""
+
+    def __init__(self, open_channel: Callable[[], paramiko.Channel]) -> None:
+        self._open_channel = open_channel  # blocking (SSH): runs on a worker thread
+        self._client: SessionClient | None = None
+        self._lock = asyncio.Lock()
+
+    async def session(self) -> SessionClient:
+        client = self._client
+        if client is not None and not client.closed:
+            return client
+        async with self._lock:  # one reconnect for all the requests that found it dead
+            if self._client is None or self._client.closed:
+                try:
+                    channel = await asyncio.to_thread(self._open_channel)
+                except Exception as error:
+                    raise SessionClosed(f"no session channel: {error}") from error
+                client = SessionClient(ChannelByteStream(channel))
+                await client.start()
+                self._client = client
+            return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()

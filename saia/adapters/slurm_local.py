@@ -24,15 +24,8 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
 
-from saia.adapters.slurm_parse import (
-    JOB_NAME_PREFIX,
-    SQUEUE_FORMAT,
-    SlurmParseError,
-    parse_sbatch_parsable,
-    read_squeue,
-)
+from saia.adapters.job_records import slurm_job
 from saia.domain.slurm import SlurmJob
-from saia.domain.spec import SBATCH_NAME, SERVICE_ID
 from saia.ports import (
     SlurmError,
     SlurmTimeout,
@@ -40,31 +33,13 @@ from saia.ports import (
     SubmissionRejected,
     SubmitRequest,
 )
+from saia.protocol import slurm as protocol
+from saia.protocol.ids import SBATCH_NAME, SERVICE_ID
 
 log = logging.getLogger(__name__)
 
-# What Slurm's client commands print when the controller does not answer
-# (recorded: "Unable to contact slurm controller (connect failure)", after about 9 s).
-_UNREACHABLE = (
-    "Unable to contact slurm controller",
-    "Connection refused",
-    "Zero Bytes were transmitted or received",
-    "Communication connection failure",
-    "backup controller in standby mode",
-)
-# Slurm's own RPC timed out: the controller may still have acted on the request.
-_RPC_TIMEOUT = "Socket timed out"
-# scancel's answers for a job that is already gone: cancelling is idempotent.
-_ALREADY_GONE = ("Invalid job id specified", "already completing or completed")
 _JOB_ID = re.compile(r"[1-9][0-9]{0,9}")  # digits only: saia submits no arrays
 _TOKEN = re.compile(r"[0-9a-f]{16}")
-# Variables that change what squeue prints or which jobs it shows (SQUEUE_PARTITION
-# would hide jobs, SLURM_TIME_FORMAT change the time format, SLURM_CLUSTERS add
-# header lines), and scancel's (SCANCEL_INTERACTIVE would ask on stdin).
-# How saia finds its jobs again and reads sbatch's answer: not the operator's to change.
-_SAIAS_OPTIONS = ("-J", "--job-name", "--comment", "--parsable")
-_SQUEUE_VARIABLES = ("SQUEUE_", "SLURM_TIME_FORMAT", "SLURM_CLUSTERS")
-_SCANCEL_VARIABLES = ("SCANCEL_", "SLURM_CLUSTERS")
 
 
 class InvalidSubmission(SubmissionRejected):
@@ -115,7 +90,7 @@ class LocalSlurm:
             if not os.path.isabs(path):
                 raise ValueError(f"{name} must be an absolute path, not {path!r}")
         for arg in settings.sbatch_args:
-            if arg.startswith(_SAIAS_OPTIONS):
+            if arg.startswith(protocol.SAIAS_OPTIONS):
                 raise ValueError(f"sbatch_args may not set {arg!r}: saia sets it itself")
         if not settings.timeout > 0:
             raise ValueError(f"timeout must be positive, not {settings.timeout!r}")
@@ -138,30 +113,24 @@ class LocalSlurm:
         if result.stderr.strip():
             log.warning("sbatch for %s: %s", request.service, result.stderr.strip())
         try:
-            return parse_sbatch_parsable(result.stdout)
-        except SlurmParseError as error:
+            return protocol.parse_sbatch_parsable(result.stdout)
+        except protocol.SlurmParseError as error:
             raise SubmissionUnconfirmed(f"sbatch exited 0: {error}") from None
 
     def jobs(self) -> list[SlurmJob]:
-        argv = [
-            self.settings.commands.squeue,
-            "--noheader",
-            "--all",  # hidden partitions too
-            # Finished jobs too (for MinJobAge): an ended job then shows its final
-            # state (CANCELLED, TIMEOUT, FAILED) instead of vanishing as if lost.
-            "--states=all",
-            f"--format={SQUEUE_FORMAT}",
-            *self._user_filter(),
-        ]
+        argv = [self.settings.commands.squeue, *protocol.squeue_options(self.settings.user)]
         # squeue prints start times in its zone: make that UTC, free of DST folds.
-        result = self._run(argv, self._environment(_SQUEUE_VARIABLES, {"TZ": "UTC"}))
+        result = self._run(argv, self._environment(protocol.SQUEUE_VARIABLES, {"TZ": "UTC"}))
         if result.returncode != 0:
             raise _unreachable(result) or SlurmError(_describe(result))
         if "error" in result.stderr.lower():
             # Seen: `squeue -u nosuchuser` exits 0 with an error and no jobs. An empty
             # listing taken at its word would end every job as lost.
             raise SlurmError(_describe(result))
-        listing = read_squeue(result.stdout, UTC)
+        try:
+            listing = protocol.read_squeue(result.stdout, UTC)
+        except protocol.SlurmParseError as error:
+            raise SlurmError(str(error)) from None
         for odd in listing.malformed:
             if odd.job_id not in self._reported:  # once per job, not once per pass
                 self._reported.add(odd.job_id)
@@ -169,14 +138,14 @@ class LocalSlurm:
                     "job %s is named like saia's but %s; ignored: %r",
                     odd.job_id, odd.problem, odd.line,
                 )
-        return listing.jobs
+        return [slurm_job(record) for record in listing.jobs]
 
     def cancel(self, slurm_job_id: str) -> None:
         if not _JOB_ID.fullmatch(slurm_job_id):
             raise SlurmError(f"not a Slurm job id saia could have: {slurm_job_id!r}")
         argv = [self.settings.commands.scancel, *self._user_filter(), slurm_job_id]
-        result = self._run(argv, self._environment(_SCANCEL_VARIABLES, {}))
-        if result.returncode == 0 or any(gone in result.stderr for gone in _ALREADY_GONE):
+        result = self._run(argv, self._environment(protocol.SCANCEL_VARIABLES, {}))
+        if result.returncode == 0 or any(gone in result.stderr for gone in protocol.ALREADY_GONE):
             return
         raise _unreachable(result) or SlurmError(_describe(result))
 
@@ -195,10 +164,9 @@ class LocalSlurm:
             raise InvalidSubmission(f"not a walltime in seconds: {request.walltime!r}")
         argv = [
             self.settings.commands.sbatch,
-            "--parsable",
-            f"--job-name={JOB_NAME_PREFIX}{request.service}",
-            f"--comment=saia:{request.token}:{request.port}",
-            f"--time={walltime_minutes(request.walltime)}",
+            *protocol.identity_options(
+                request.service, request.token, request.port, request.walltime
+            ),
         ]
         if self.settings.job_output_dir is not None:
             argv.append(f"--output={self.settings.job_output_dir / 'saia-%j.out'}")
@@ -250,11 +218,6 @@ class LocalSlurm:
             raise SlurmError(f"cannot run {argv[0]}: {error.strerror or error}") from None
 
 
-def walltime_minutes(seconds: float) -> int:
-    """Whole minutes for sbatch --time, rounded up: a job never gets less than asked."""
-    return max(1, math.ceil(seconds / 60))
-
-
 def _describe(result: subprocess.CompletedProcess[str]) -> str:
     command = Path(str(result.args[0])).name
     stderr = result.stderr.strip() or "(nothing on stderr)"
@@ -262,8 +225,9 @@ def _describe(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def _unreachable(result: subprocess.CompletedProcess[str]) -> SlurmUnavailable | None:
-    if _RPC_TIMEOUT in result.stderr:
+    kind = protocol.failure(result.stderr)
+    if kind == "timeout":
         return SlurmTimeout(_describe(result))
-    if any(marker in result.stderr for marker in _UNREACHABLE):
+    if kind == "unreachable":
         return SlurmUnavailable(_describe(result))
     return None

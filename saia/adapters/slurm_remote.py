@@ -1,14 +1,15 @@
-"""Slurm through saia-entrypoint on the login node, over the hub's SSH link.
+"""Slurm through saia-entrypoint on the login node, over the controller's session.
 
 The same port as saia.adapters.slurm_local, so the controller cannot tell
-them apart; the login node runs the local adapter behind its verbs (``jobs``,
-``submit``, ``cancel``). Arguments are checked against the entrypoint's own
-grammar before they are sent, and its exit codes map onto the port's errors:
+them apart; the login node runs Slurm's commands behind the session's
+``/slurm/jobs``, ``/slurm/submit`` and ``/slurm/cancel/<id>``. Arguments are
+checked against saia.protocol.ids before they are sent, and the exit codes the
+answers carry map onto the port's errors:
 
 =====================================  ==================================================
 what happened                          error
 =====================================  ==================================================
-the link is down (nothing sent)        SlurmUnavailable
+no session (nothing sent)              SlurmUnavailable
 the answer was lost or came too late   SlurmTimeout: the verb may have run; a submit
                                        is found again by its token in the queue
 75: Slurm did not answer in time,      SlurmUnavailable for ``jobs``; SlurmTimeout for
@@ -29,107 +30,116 @@ login node's ``time_limit``, or its replacements come too late.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Protocol
 
+from saia.adapters.job_records import slurm_job
 from saia.adapters.slurm_local import InvalidSubmission, SubmissionUnconfirmed
-from saia.adapters.ssh_link import AnswerLost, Completed, LinkError
+from saia.adapters.ssh_link import AnswerLost, LinkError
 from saia.domain.slurm import SlurmJob
-from saia.domain.spec import SERVICE_ID
-from saia.entrypoint import exits, grammar, wire
 from saia.ports import SlurmError, SlurmTimeout, SlurmUnavailable, SubmissionRejected, SubmitRequest
+from saia.protocol import exits, ids
+from saia.protocol import session as paths
+from saia.protocol.jobs import WireError, job_from_line
 
 log = logging.getLogger(__name__)
 
-_ENTRYPOINT_PREFIX = "saia-entrypoint: "
+
+class Answer(Protocol):
+    @property
+    def exit_code(self) -> int: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def reason(self) -> str: ...
 
 
-class CommandLink(Protocol):
-    """What the adapter needs of a link: run one entrypoint command (see SshLink.run)."""
+class EntrypointCalls(Protocol):
+    """What the adapter needs: one request to the entrypoint (see ControlSession.call)."""
 
-    def run(self, command: str, stdin: bytes = b"", *, timeout: float) -> Completed: ...
+    def call(self, method: str, path: str, body: bytes = b"", *, timeout: float) -> Answer: ...
 
 
 class RemoteSlurm:
     """The Slurm port, by asking saia-entrypoint on the login node."""
 
-    def __init__(self, link: CommandLink, timeout: float = 60.0) -> None:
+    def __init__(self, entrypoint: EntrypointCalls, timeout: float = 60.0) -> None:
         # The login node gives Slurm 30 s per command by default and waits as long for
         # its submit lock: a shorter timeout here would cut answers that are coming.
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
-        self.link = link
+        self.entrypoint = entrypoint
         self.timeout = timeout
 
     def submit(self, request: SubmitRequest) -> str:
         """The Slurm job id; ``request.sbatch`` and ``request.walltime`` are the login node's."""
-        command = submit_command(request)
-        answer = self._run(command)
+        answer = self._call("POST", paths.SUBMIT, submit_body(request))
         if answer.exit_code != exits.OK:
             raise _submit_error(answer)
-        job_id = answer.stdout.decode("ascii", "replace").strip()
-        if not grammar.SLURM_JOB_ID.fullmatch(job_id):
+        job_id = answer.body.decode("ascii", "replace").strip()
+        if not ids.SLURM_JOB_ID.fullmatch(job_id):
             # The job may exist: the queue will show it under its token.
-            raise SubmissionUnconfirmed(f"submit exited 0 without a job id: {answer.stdout[:80]!r}")
+            raise SubmissionUnconfirmed(f"submit answered without a job id: {answer.body[:80]!r}")
         return job_id
 
     def jobs(self) -> list[SlurmJob]:
-        answer = self._run("jobs")
+        answer = self._call("GET", paths.JOBS)
         if answer.exit_code == exits.TEMPORARY:
             raise SlurmUnavailable(_refusal("jobs", answer))
         if answer.exit_code != exits.OK:
             raise SlurmError(_refusal("jobs", answer))
-        return parse_jobs(answer.stdout)
+        return parse_jobs(answer.body)
 
     def cancel(self, slurm_job_id: str) -> None:
-        if not grammar.SLURM_JOB_ID.fullmatch(slurm_job_id):
+        if not ids.SLURM_JOB_ID.fullmatch(slurm_job_id):
             raise SlurmError(f"not a Slurm job id saia could have: {slurm_job_id!r}")
-        answer = self._run(f"cancel {slurm_job_id}")
+        answer = self._call("POST", paths.cancel_path(slurm_job_id))
         if answer.exit_code == exits.OK:
             return
         if answer.exit_code == exits.NOT_PERMITTED:
             # The login node lists only saia's jobs: one it does not list is gone (or was
             # never saia's), so there is nothing of saia's left to cancel, as scancel's
             # "Invalid job id" is success for the local adapter.
-            log.info("cancel %s: %s", slurm_job_id, _said(answer))
+            log.info("cancel %s: %s", slurm_job_id, answer.reason)
             return
         if answer.exit_code == exits.TEMPORARY:
             raise SlurmTimeout(_refusal("cancel", answer))
         raise SlurmError(_refusal("cancel", answer))
 
-    def _run(self, command: str) -> Completed:
+    def _call(self, method: str, path: str, body: bytes = b"") -> Answer:
         try:
-            return self.link.run(command, timeout=self.timeout)
+            return self.entrypoint.call(method, path, body, timeout=self.timeout)
         except AnswerLost as error:
             raise SlurmTimeout(str(error)) from None
         except LinkError as error:  # LinkDown: nothing was sent
             raise SlurmUnavailable(str(error)) from None
 
 
-def submit_command(request: SubmitRequest) -> str:
-    """The ``submit`` verb for a request, checked as the entrypoint's grammar checks it."""
-    if not SERVICE_ID.fullmatch(request.service):
+def submit_body(request: SubmitRequest) -> bytes:
+    """The body of a submit, checked as the entrypoint checks it."""
+    if not ids.SERVICE_ID.fullmatch(request.service):
         raise InvalidSubmission(f"not a service id: {request.service!r}")
-    port = str(request.port)
-    if not grammar.PORT.fullmatch(port) or not grammar.PORT_MIN <= request.port <= grammar.PORT_MAX:
-        span = f"{grammar.PORT_MIN}-{grammar.PORT_MAX}"
+    if not ids.is_port(request.port):
+        span = f"{ids.PORT_MIN}-{ids.PORT_MAX}"
         raise InvalidSubmission(f"not a port in {span}: {request.port!r}")
-    if not grammar.TOKEN.fullmatch(request.token):
+    if not ids.TOKEN.fullmatch(request.token):
         raise InvalidSubmission(f"not a token of 16 hex digits: {request.token!r}")
-    return f"submit {request.service} {port} {request.token}"
+    fields = {"service": request.service, "port": request.port, "token": request.token}
+    return json.dumps(fields).encode()
 
 
-def parse_jobs(stdout: bytes) -> list[SlurmJob]:
-    """The jobs of a ``jobs`` answer; a line that is not a job raises SlurmError."""
-    if stdout and not stdout.endswith(b"\n"):
-        raise SlurmError(f"jobs answer cut short: ...{stdout[-80:]!r}")
+def parse_jobs(body: bytes) -> list[SlurmJob]:
+    """The jobs of a ``/slurm/jobs`` answer; a line that is not a job raises SlurmError."""
+    if body and not body.endswith(b"\n"):
+        raise SlurmError(f"jobs answer cut short: ...{body[-80:]!r}")
     try:
-        return [wire.job_from_line(line) for line in stdout.splitlines()]
-    except wire.WireError as error:
+        return [slurm_job(job_from_line(line)) for line in body.splitlines()]
+    except WireError as error:
         raise SlurmError(f"jobs answered {error}") from None
 
 
-def _submit_error(answer: Completed) -> SlurmError:
+def _submit_error(answer: Answer) -> SlurmError:
     message = _refusal("submit", answer)
     if answer.exit_code == exits.UNAVAILABLE:
         return SubmissionRejected(message)
@@ -138,14 +148,8 @@ def _submit_error(answer: Completed) -> SlurmError:
     return SlurmError(message)
 
 
-def _refusal(verb: str, answer: Completed) -> str:
+def _refusal(what: str, answer: Answer) -> str:
     code = answer.exit_code
     if code == exits.CONFIG:
-        return f"login node misconfigured ({verb} exited {code}): {_said(answer)}"
-    return f"{verb} exited {code}: {_said(answer)}"
-
-
-def _said(answer: Completed) -> str:
-    """The entrypoint's one-line reason, without its program-name prefix."""
-    text = answer.stderr.decode("utf-8", "replace").strip()
-    return text.removeprefix(_ENTRYPOINT_PREFIX)[:500] or "(nothing on stderr)"
+        return f"login node misconfigured ({what} exit {code}): {answer.reason}"
+    return f"{what} exit {code}: {answer.reason or '(no reason given)'}"

@@ -6,13 +6,15 @@ process sshd runs for it). So the link keeps one authenticated paramiko
 Transport and runs every command (always the login node's forced
 ``saia-entrypoint``) on a fresh ``exec`` channel of it.
 
-A background thread owns the connection's life: it connects, sends the
-``keep-alive`` verb every ``keepalive_interval``, and after a failure
-reconnects with capped exponential backoff. Callers never wait for that:
-while the link is down, ``run`` raises LinkDown at once. The thread (and only
-it) reports each change between up and down through ``on_change(up, error)``;
-"up" means connected, the host key known, authenticated, and the entrypoint
-answering ``keep-alive`` with ``ok``. The first outcome is always reported.
+A background thread owns the connection's life: it connects, checks the
+connection every ``keepalive_interval``, and after a failure reconnects with
+capped exponential backoff. Callers never wait for that: while the link is
+down, ``run`` raises LinkDown at once. The thread (and only it) reports each
+change between up and down through ``on_change(up, error)``; "up" means
+connected, the host key known, authenticated, and the entrypoint answering
+``keep-alive`` with ``ok`` (asked once per connection). The periodic check
+opens a channel and closes it again: a round trip to sshd that starts no
+process on the login node. The first outcome is always reported.
 
 The server's host key must be in the known_hosts file under ``host`` (or
 ``[host]:port``); an unknown or changed key is refused, never added.
@@ -64,7 +66,7 @@ class SshLinkSettings:
     key_file: Path  # the hub's private key, without a passphrase
     known_hosts_file: Path
     connect_timeout: float = 10.0  # TCP connect, SSH handshake and authentication, each
-    keepalive_interval: float = 15.0  # seconds between keep-alive verbs
+    keepalive_interval: float = 15.0  # seconds between checks of the connection
     keepalive_timeout: float = 10.0  # a keep-alive slower than this counts as down
     backoff_base: float = 1.0  # wait after the first failed reconnection; doubles each time
     backoff_max: float = 60.0
@@ -204,7 +206,7 @@ class SshLink:
                 break
             if self._transport is current:
                 try:
-                    self._heartbeat(current)
+                    self._ping(current)
                 except LinkError as error:
                     self._drop(current, str(error))
             if self._transport is None:
@@ -236,6 +238,14 @@ class SshLink:
         log.warning("SSH link to %s lost: %s", self._where(), reason)
         transport.close()
         self._wake.set()
+
+    def _ping(self, transport: paramiko.Transport) -> None:
+        """A round trip to sshd: a channel opened and closed without running anything."""
+        try:
+            channel = transport.open_session(timeout=self.settings.keepalive_timeout)
+        except (paramiko.SSHException, OSError, EOFError) as error:
+            raise LinkError(f"the connection does not answer: {_why(error)}") from None
+        channel.close()
 
     def _heartbeat(self, transport: paramiko.Transport) -> None:
         answer = _execute(transport, "keep-alive", b"", self.settings.keepalive_timeout)

@@ -15,10 +15,9 @@ from typing import Any
 
 from saia.domain.errors import InvalidSpec
 
-# Service ids travel in Slurm job names, SSH command lines and URLs: keep them plain.
-SERVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-SBATCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-PROBE_PATH = re.compile(r"/[A-Za-z0-9._~/-]{0,255}")
+# The login node checks the same ids (saia.protocol holds them for both; standard library only).
+from saia.protocol.ids import PROBE_PATH, SBATCH_NAME, SERVICE_ID
+
 MODALITY = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 

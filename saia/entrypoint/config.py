@@ -42,12 +42,11 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from saia.entrypoint.grammar import SBATCH_NAME, SERVICE_ID
+from saia.protocol.ids import SBATCH_NAME, SERVICE_ID
 
 SLURM_WORD = re.compile(r"[A-Za-z0-9_.,:+-]{1,128}")
 SBATCH_OPTION = re.compile(r"--([a-z][a-z-]{0,40})(=[A-Za-z0-9_.,:/@%+=-]{1,256})?")
@@ -66,14 +65,14 @@ class ConfigError(ValueError):
         self.message = message
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ServiceRule:
     id: str
     sbatch: str  # a file name in sbatch_dir
     time_limit: int = 60  # minutes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class SlurmCommands:
     sbatch: str = "/usr/bin/sbatch"
     squeue: str = "/usr/bin/squeue"
@@ -81,13 +80,13 @@ class SlurmCommands:
     slurm_conf: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class LoginNodePlacement:
     controller_command: tuple[str, ...]
     min_interval: float = 5.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class EntrypointConfig:
     path: str
     sbatch_dir: str
@@ -158,6 +157,10 @@ def load(path: str) -> EntrypointConfig:
             text = file.read()
     except OSError as error:
         raise ConfigError(path, "", f"cannot read: {error.strerror}") from None
+    try:
+        import tomllib  # noqa: PLC0415 (Python 3.11 and newer)
+    except ImportError:  # older Pythons: the copy of tomli the single-file install carries
+        import tomli as tomllib  # type: ignore[no-redef, import-not-found, unused-ignore]  # noqa: PLC0415
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -301,7 +304,7 @@ class _Reader:
         table: str = "",
     ) -> float:
         value = data.get(key, default)
-        if not isinstance(value, int | float) or isinstance(value, bool) or value < minimum:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < minimum:
             raise self.fail(table, key, f"must be a number of at least {minimum}")
         return float(value)
 

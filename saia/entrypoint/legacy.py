@@ -36,12 +36,13 @@ import re
 import time
 from dataclasses import dataclass
 
+from saia.protocol.session import METHODS
+
 MAX_FIELD = 256
 INFERENCE_ID = re.compile(r"[A-Za-z0-9._+-]{1,256}")
 SERVICE = re.compile(r"[A-Za-z0-9._+-]{1,256}")
 USER_ID = re.compile(r"[A-Za-z0-9._@+-]{1,256}")
 REQUEST_PATH = re.compile(r"/[A-Za-z0-9_/.+?=&-]{0,255}")
-METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 METHODS_WITHOUT_BODY = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 HEADER = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}):[ \t]*([\x20-\x7e]{0,4096}?)[ \t]*")
 # Hop-by-hop headers and those the relay sets itself are not passed on.
@@ -63,7 +64,7 @@ DROPPED_HEADERS = frozenset(
 MAX_HEADERS = 64
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Answer:
     """One of the original's fixed responses."""
 
@@ -110,7 +111,7 @@ class LegacyRefused(Exception):
         self.answer = answer
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class LegacyRequest:
     inference_id: str
     user_id: str

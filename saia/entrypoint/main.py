@@ -2,11 +2,11 @@
 
 authorized_keys names it as the forced command::
 
-    command="/opt/saia/.venv/bin/saia-entrypoint --config /opt/saia/entrypoint.toml",
-        no-port-forwarding,no-X11-forwarding,no-agent-forwarding,no-pty ssh-ed25519 ...
+    command="/usr/bin/python3 /opt/saia/saia-entrypoint.pyz --config /opt/saia/entrypoint.toml",
+        restrict ssh-ed25519 ...
 
 sshd puts whatever the client asked to run into ``SSH_ORIGINAL_COMMAND``; that
-string is parsed by saia.entrypoint.grammar before the configuration is even
+string is parsed by saia.protocol.grammar before the configuration is even
 read, and nothing else of the client's reaches a command line. No shell is ever
 involved; Slurm's commands run as argv lists. Request bodies come on stdin.
 
@@ -15,19 +15,12 @@ command                            answer on stdout                           ex
 =================================  =========================================  =====
 keep-alive                         ``ok``; in login-node placement it also     0
                                    starts a rate-limited controller pass
-jobs                               saia's jobs of this user, one JSON object   0
-                                   per line (saia.entrypoint.wire)
 status                             one JSON line: the configured services      0
                                    and saia's jobs of each, the port range
-submit <service> <port> <token>    the Slurm job id; the same id again for a   0
-                                   retry with the same token
-cancel <slurm-job-id>              nothing                                     0
-probe <slurm-job-id> [path]        ``{"ok":..,"latency":..,"error":..}``       0
-forward <slurm-job-id>             the backend's raw HTTP/1.1 response to the  0
-                                   request on stdin (saia.entrypoint.relay)
 session                            HTTP/2 on stdin/stdout, many concurrent     0
-                                   requests until the hub closes the channel
-                                   (paths in saia.entrypoint.session_actions)
+                                   requests until the hub closes the channel:
+                                   everything the hub does (the paths are
+                                   saia.protocol.session's)
 legacy request (5 lines)           a raw HTTP/1.1 response as the original     0
                                    cloud_interface.sh gives it                 (see
                                    (saia.entrypoint.legacy): 400, 413, 404,    below)
@@ -35,11 +28,14 @@ legacy request (5 lines)           a raw HTTP/1.1 response as the original     0
 =================================  =========================================  =====
 
 Refusals go to stderr as one line, ``saia-entrypoint: <reason>``, with these
-exit codes (sysexits.h); nothing has been changed when a refusal is reported:
+exit codes (sysexits.h, saia.protocol.exits); nothing has been changed when a
+refusal is reported. In a session, a refusal answers its own stream with the
+HTTP status of its exit code (saia.protocol.session) and the session goes on:
 
 ==  ==============================================================================
-64  not a command: unknown verb, wrong number of arguments, an argument that does
-    not match its pattern, shell metacharacters, no command at all (a login)
+64  not a command: unknown verb, arguments to a verb, shell metacharacters, no
+    command at all (a login); in a session, an argument that does not match its
+    pattern
 65  bad data: over 16 KiB (1 KiB for a verb), NUL bytes, invalid UTF-8, control
     characters; a malformed request on stdin; a hub that breaks HTTP/2 in a
     session; legacy 400 and 413
@@ -68,9 +64,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
-from saia.entrypoint import exits, grammar, settings, verbs
+from saia.entrypoint import settings
 from saia.entrypoint.config import ConfigError, load
-from saia.entrypoint.context import Context, Refusal, local_slurm
+from saia.entrypoint.context import Context
+from saia.entrypoint.refusal import Refusal
+from saia.entrypoint.slurm import LoginSlurm
+from saia.protocol import exits, grammar
 
 PROGRAM = "saia-entrypoint"
 
@@ -101,10 +100,10 @@ def _run(command: grammar.Command, invocation: settings.Invocation) -> int:
         clock=time.time,
         environment=invocation.environment,
         # Only this account's jobs are saia's: another user could name a job like saia's.
-        make_slurm=lambda: local_slurm(config, invocation.environment, _user()),
+        make_slurm=lambda: LoginSlurm(config, invocation.environment, _user()),
     )
     try:
-        return verbs.run(command, context)
+        return _dispatch(command, context)
     except Refusal as refusal:
         return _refused(refusal.message, refusal.exit_code)
     except BrokenPipeError:
@@ -114,6 +113,33 @@ def _run(command: grammar.Command, invocation: settings.Invocation) -> int:
     except Exception as error:  # the last line of defence: a reason, never a traceback
         # Only the type: a message might quote part of a request, headers included.
         return _refused(f"internal error ({type(error).__name__})", exits.SOFTWARE)
+
+
+def _dispatch(command: grammar.Command, context: Context) -> int:
+    # Imports inside: each verb pays only for the modules it needs (sshd starts a
+    # process per channel, and keep-alive must stay cheap).
+    if isinstance(command, grammar.KeepAlive):
+        from saia.entrypoint.placement import keep_alive  # noqa: PLC0415 (start-up cost)
+
+        context.write(keep_alive(context.config, context.clock(), context.environment))
+        return exits.OK
+    if isinstance(command, grammar.Status):
+        from saia.entrypoint import queue  # noqa: PLC0415 (start-up cost)
+
+        context.write(queue.status(context))
+        return exits.OK
+    if isinstance(command, grammar.Session):
+        from saia.entrypoint.session import serve_session  # noqa: PLC0415 (start-up cost)
+
+        # The channel itself is the HTTP/2 connection: raw stdin and stdout.
+        return serve_session(context, sys.stdin.buffer, sys.stdout.buffer)
+    from saia.entrypoint import legacy_relay  # noqa: PLC0415 (start-up cost)
+
+    return legacy_relay.answer(command.text, context)
+
+
+def _user() -> str:
+    return pwd.getpwuid(os.getuid()).pw_name
 
 
 def _reader(stream: BinaryIO) -> Callable[[], bytes]:
@@ -129,10 +155,6 @@ def _flushing_writer(stream: BinaryIO) -> Callable[[bytes], None]:
         stream.flush()
 
     return write
-
-
-def _user() -> str:
-    return pwd.getpwuid(os.getuid()).pw_name
 
 
 def _refused(reason: str, exit_code: int) -> int:

@@ -1,4 +1,4 @@
-"""Login-node placement: ``keep-alive`` starts a controller pass, at most every so often.
+"""``keep-alive``, and in login-node placement a controller pass, at most every so often.
 
 As in the original SAIA, the hub's keep-alive is the login node's clock. The
 pass itself runs as its own detached process (the controller takes its own
@@ -12,10 +12,25 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Mapping
-from pathlib import Path
 
-from saia.adapters.lock import FileLock
-from saia.entrypoint.config import LoginNodePlacement
+from saia.entrypoint.config import EntrypointConfig, LoginNodePlacement
+from saia.entrypoint.flock import flock
+from saia.entrypoint.refusal import Refusal
+from saia.protocol import exits
+
+
+def keep_alive(config: EntrypointConfig, now: float, environment: Mapping[str, str]) -> bytes:
+    """``ok``, after starting a controller pass if this login node runs the controller."""
+    placement = config.login_node
+    if placement is not None:
+        try:
+            trigger_pass(placement, config.keep_alive_lock, config.keep_alive_stamp, now,
+                         environment)  # fmt: skip
+        except OSError as error:
+            where = f"{error.filename}: " if error.filename else ""
+            message = f"login_node: cannot start a controller pass: {where}{error.strerror}"
+            raise Refusal(message, exits.CONFIG) from None
+    return b"ok\n"
 
 
 def trigger_pass(
@@ -27,12 +42,11 @@ def trigger_pass(
 ) -> bool:
     """Start the controller command unless one was started less than min_interval ago."""
     os.makedirs(os.path.dirname(stamp_path), mode=0o700, exist_ok=True)
-    lock = FileLock(Path(lock_path), timeout=0.0)
-    if not lock.acquire(blocking=False):
-        return False  # another keep-alive is deciding right now
-    try:
+    with flock(lock_path, wait=0.0) as held:
+        if not held:
+            return False  # another keep-alive is deciding right now
         try:
-            last = os.stat(stamp_path).st_mtime
+            last: float | None = os.stat(stamp_path).st_mtime
         except FileNotFoundError:
             last = None
         # A stamp in the future (the clock stepped back) does not block passes for ever.
@@ -52,5 +66,3 @@ def trigger_pass(
             close_fds=True,
         )
         return True
-    finally:
-        lock.release()

@@ -1,10 +1,10 @@
 """Where saia's jobs listen, from the queue, with a short-lived cache file.
 
-sshd starts one entrypoint per channel, so a burst of ``forward`` calls would
-run squeue (and import the Slurm adapter) once each. Instead the last look at
-the queue is kept in a file for ``queue_cache_seconds``; a cache hit costs one
-small JSON read. A job missing from the cache, or not running in it, causes one
-fresh look before the answer, so a job that just started is found at once.
+sshd starts one entrypoint per legacy request, so a burst of them would run
+squeue once each. Instead the last look at the queue is kept in a file for
+``queue_cache_seconds``; a cache hit costs one small read. A job missing from
+the cache, or not running in it, causes one fresh look before the answer, so a
+job that just started is found at once. A session shares the file.
 
 The file lives in the entrypoint's own state folder (mode 0700) and is replaced
 atomically, so readers never see half of it. Staleness is bounded by the
@@ -15,25 +15,10 @@ never confused with another user's.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 
-RUNNING = "RUNNING"
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    job_id: str
-    service: str
-    state: str  # the SlurmState value
-    host: str  # the batch host; empty until the job runs
-    port: int
-
-    @property
-    def running(self) -> bool:
-        return self.state == RUNNING and bool(self.host)
+from saia.protocol.jobs import JobRecord, WireError, job_from_line, job_line
 
 
 class RouteCache:
@@ -41,7 +26,7 @@ class RouteCache:
         self,
         path: str,
         max_age: float,
-        look: Callable[[], list[Route]],
+        look: Callable[[], list[JobRecord]],
         clock: Callable[[], float],
     ) -> None:
         self.path = path
@@ -49,7 +34,7 @@ class RouteCache:
         self.look = look  # asks Slurm now
         self.clock = clock
 
-    def route(self, job_id: str) -> Route | None:
+    def route(self, job_id: str) -> JobRecord | None:
         """saia's job ``job_id``, running if the queue says so, else as the queue has it."""
         cached = self._read()
         hit = cached.get(job_id) if cached is not None else None
@@ -57,44 +42,43 @@ class RouteCache:
             return hit
         return self.refresh().get(job_id)
 
-    def running(self, service: str) -> list[Route]:
+    def running(self, service: str) -> list[JobRecord]:
         """saia's running jobs of ``service``, looking again if the cache has none."""
         cached = self._read()
         if cached is not None:
-            hits = [r for r in cached.values() if r.service == service and r.running]
+            hits = [job for job in cached.values() if job.service == service and job.running]
             if hits:
                 return hits
-        return [r for r in self.refresh().values() if r.service == service and r.running]
+        return [job for job in self.refresh().values() if job.service == service and job.running]
 
-    def refresh(self) -> dict[str, Route]:
+    def refresh(self) -> dict[str, JobRecord]:
         at = self.clock()
         return self.store(self.look(), at)
 
-    def store(self, looked: Iterable[Route], at: float | None = None) -> dict[str, Route]:
+    def store(self, looked: list[JobRecord], at: float | None = None) -> dict[str, JobRecord]:
         """Keep what a look at the queue (started at ``at``) found, for the next callers."""
-        routes = {route.job_id: route for route in looked}
-        self._write(self.clock() if at is None else at, routes)
-        return routes
+        jobs = {job.job_id: job for job in looked}
+        self._write(self.clock() if at is None else at, jobs)
+        return jobs
 
     def forget(self) -> None:
         """Drop the cache, after a change saia itself made to the queue."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
-    def _read(self) -> dict[str, Route] | None:
+    def _read(self) -> dict[str, JobRecord] | None:
         try:
             with open(self.path, "rb") as file:
-                data = json.loads(file.read())
-            at = float(data["at"])
-            if not 0 <= self.clock() - at < self.max_age:
+                at, *lines = file.read().split(b"\n")
+            if not 0 <= self.clock() - float(at) < self.max_age:
                 return None
-            return {r[0]: Route(r[0], r[1], r[2], r[3], int(r[4])) for r in data["routes"]}
-        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            jobs = [job_from_line(line) for line in lines if line]
+            return {job.job_id: job for job in jobs}
+        except (OSError, ValueError, WireError):
             return None  # missing, stale or damaged: look at the queue again
 
-    def _write(self, at: float, routes: dict[str, Route]) -> None:
-        rows = [[r.job_id, r.service, r.state, r.host, r.port] for r in routes.values()]
-        payload = json.dumps({"at": at, "routes": rows}, separators=(",", ":")).encode()
+    def _write(self, at: float, jobs: dict[str, JobRecord]) -> None:
+        payload = repr(at).encode() + b"\n" + b"".join(job_line(job) for job in jobs.values())
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         temporary = f"{self.path}.{os.getpid()}.tmp"
         try:

@@ -36,9 +36,8 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from saia.adapters.h2_wire import ByteStream, H2Wire, StreamGone
-from saia.entrypoint import exits
-from saia.entrypoint.context import Context, Refusal
+from saia.entrypoint.context import Context
+from saia.entrypoint.refusal import Refusal
 from saia.entrypoint.session_actions import SessionActions
 from saia.entrypoint.session_messages import (
     BodyAborted,
@@ -48,6 +47,8 @@ from saia.entrypoint.session_messages import (
     RequestFailed,
 )
 from saia.entrypoint.session_stdio import open_stdio
+from saia.protocol import exits
+from saia.protocol.h2_wire import ByteStream, H2Wire, StreamGone
 
 MAX_CONCURRENT_STREAMS = 100
 # Request bodies in flight: per stream, and for all streams together (memory bound).

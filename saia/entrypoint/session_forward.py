@@ -1,8 +1,7 @@
 """``* /jobs/<id>/http/<path>``: a stream's request to a saia job's port, on kept connections.
 
-The single-shot ``forward`` verb opens a connection per request. A session
-lives long, so it keeps connections to the jobs open and reuses them
-(saia.entrypoint.session_upstream), and passes bodies through as they come in
+A session lives long, so it keeps connections to the jobs open and reuses
+them (saia.entrypoint.upstream), and passes bodies through as they come in
 both directions: the request body as the hub sends it, the response
 (server-sent events included) chunk by chunk as the job produces it. Reading
 from the job waits while the hub's window is closed, so a large response is
@@ -17,9 +16,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from saia.entrypoint import exits, relay
 from saia.entrypoint.config import EntrypointConfig
-from saia.entrypoint.routes import Route
 from saia.entrypoint.session_messages import (
     BodyTooLarge,
     Header,
@@ -27,15 +24,20 @@ from saia.entrypoint.session_messages import (
     Reply,
     RequestFailed,
 )
-from saia.entrypoint.session_upstream import (
+from saia.entrypoint.upstream import (
     UpstreamError,
     UpstreamPool,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from saia.protocol import exits
+from saia.protocol.jobs import JobRecord
 
-# The forward verb's list (relay.DROPPED), and the framing HTTP/2 replaces.
-REQUEST_HEADERS_DROPPED = relay.DROPPED | {b"transfer-encoding"}
+# Hop-by-hop headers, those set here (Host) and the framing HTTP/2 replaces.
+REQUEST_HEADERS_DROPPED = frozenset(
+    {b"connection", b"expect", b"host", b"keep-alive", b"proxy-authorization",
+     b"proxy-connection", b"te", b"trailer", b"upgrade", b"transfer-encoding"}
+)  # fmt: skip
 RESPONSE_HEADERS_DROPPED = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
      b"te", b"trailer"}
@@ -49,7 +51,7 @@ class Forwarder:
         self.config = config
         self.upstream = UpstreamPool(config.connect_timeout, config.idle_timeout)
 
-    async def forward(self, request: IncomingRequest, route: Route, target: str) -> Reply:
+    async def forward(self, request: IncomingRequest, job: JobRecord, target: str) -> Reply:
         """The job's answer to ``request``, its body still to be read from the job."""
         limit = self.config.max_body_bytes
         declared = _content_length(request.headers)
@@ -63,10 +65,10 @@ class Forwarder:
         else:
             content = request.body.chunks(limit)
         headers = [(n, v) for n, v in request.headers if n not in REQUEST_HEADERS_DROPPED]
-        where = f"job {route.job_id} ({route.host}:{route.port})"
+        where = f"job {job.job_id} ({job.batch_host}:{job.port})"
         try:
             response = await self.upstream.request(
-                route.host, route.port, request.method, target, headers, content
+                job.batch_host, job.port, request.method, target, headers, content
             )
         except BodyTooLarge as error:
             raise RequestFailed(413, str(error), exits.BAD_DATA) from None
@@ -83,6 +85,12 @@ class Forwarder:
             if name.lower() not in RESPONSE_HEADERS_DROPPED
         ]
         return Reply(response.status, kept, response.chunks(), response.aclose)
+
+    async def status_of(self, job: JobRecord, path: str) -> int:
+        """The status of the job's answer to ``GET path``; its body is never read."""
+        response = await self.upstream.request(job.batch_host, job.port, "GET", path, [], b"")
+        await response.aclose()
+        return response.status
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

@@ -13,22 +13,11 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-from saia.entrypoint import exits
+from saia.protocol import exits
+from saia.protocol.session import EXIT_CODE_HEADER, STATUS_OF_EXIT
 
 Header = tuple[bytes, bytes]
 
-# The entrypoint's exit codes as HTTP statuses: a refusal means the same on a stream
-# as it does as a single-shot verb; the exit code travels along in a header.
-STATUS_OF_EXIT = {
-    exits.REFUSED: 400,
-    exits.BAD_DATA: 400,
-    exits.UNAVAILABLE: 503,
-    exits.SOFTWARE: 500,
-    exits.TEMPORARY: 503,
-    exits.NOT_PERMITTED: 403,
-    exits.CONFIG: 500,
-}
-EXIT_CODE_HEADER = b"saia-exit-code"
 
 
 class RequestFailed(Exception):
@@ -48,7 +37,7 @@ class RequestFailed(Exception):
         body = json.dumps({"error": self.message, "exit_code": self.exit_code}).encode() + b"\n"
         headers = [
             (b"content-type", b"application/json"),
-            (EXIT_CODE_HEADER, str(self.exit_code).encode()),
+            (EXIT_CODE_HEADER.encode(), str(self.exit_code).encode()),
         ]
         if self.exit_code == exits.TEMPORARY:
             headers.append((b"retry-after", b"1"))

@@ -14,7 +14,7 @@ import socket
 import stat
 from typing import BinaryIO
 
-from saia.adapters.h2_wire import AsyncioByteStream
+from saia.protocol.h2_wire import AsyncioByteStream
 
 
 async def open_stdio(stdin: BinaryIO, stdout: BinaryIO) -> AsyncioByteStream:

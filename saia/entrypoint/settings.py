@@ -7,17 +7,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 USAGE = "usage: saia-entrypoint --config /absolute/path/entrypoint.toml"
+# All that Slurm's commands, the jobs (sbatch hands its environment on) and a
+# login-node controller get of this process's environment. Whatever else the SSH
+# client may have set (SLURM_*, SBATCH_*, SQUEUE_* would change what Slurm does,
+# LD_PRELOAD what runs) never reaches them; SLURM_CONF comes from the configuration.
+KEPT_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ")
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 class UsageError(Exception):
     """The forced command line itself is wrong: a mistake in authorized_keys."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Invocation:
     config: str  # plain str: pathlib would add to every start-up
     command: bytes | None  # SSH_ORIGINAL_COMMAND as sshd set it; None when absent
-    environment: Mapping[str, str]  # for the commands it runs: sshd's, without SSH_*
+    environment: Mapping[str, str]  # for the commands it runs: KEPT_VARIABLES only
 
 
 def from_environment(argv: Sequence[str]) -> Invocation:
@@ -26,9 +32,8 @@ def from_environment(argv: Sequence[str]) -> Invocation:
     The command is read as bytes (os.environb), so invalid UTF-8 reaches the
     grammar as it was sent, to be refused there, instead of being decoded here.
     """
-    # sbatch hands its environment on to the job: the hub's command line and address
-    # (SSH_ORIGINAL_COMMAND, SSH_CONNECTION, ...) have no business there.
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("SSH_")}
+    environment = {name: os.environ[name] for name in KEPT_VARIABLES if name in os.environ}
+    environment.setdefault("PATH", DEFAULT_PATH)
     return Invocation(
         config=_config_path(argv),
         command=os.environb.get(b"SSH_ORIGINAL_COMMAND"),
@@ -41,7 +46,7 @@ def _config_path(argv: Sequence[str]) -> str:
     if len(argv) == 2 and argv[0] == "--config":
         value = argv[1]
     elif len(argv) == 1 and argv[0].startswith("--config="):
-        value = argv[0].removeprefix("--config=")
+        value = argv[0][len("--config=") :]
     else:
         raise UsageError(USAGE)
     if not os.path.isabs(value):

@@ -7,15 +7,11 @@ running saia job and forwards to its node and port.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+from collections.abc import AsyncIterator
 
-import paramiko
-
-from saia.adapters.channel_stream import ChannelByteStream
-from saia.adapters.session_client import SessionClient, SessionClosed, StreamReset
+from saia.adapters.session_client import SessionClosed, SessionSource, StreamReset
 from saia.domain.state import JobView
+from saia.protocol.session import EXIT_CODE_HEADER, http_path
 from saia.proxy.backend import (
     BackendUnreachable,
     Headers,
@@ -24,44 +20,8 @@ from saia.proxy.backend import (
     UpstreamResponse,
 )
 
-# The entrypoint marks its own answers with this header; the job's answers lack it.
-ENTRYPOINT_ANSWER = "saia-exit-code"
 # Statuses with which the entrypoint says the job may have seen part of the request.
 MAYBE_REACHED = frozenset({502, 504})
-
-
-class SessionSource(Protocol):
-    async def session(self) -> SessionClient:
-        """A started session; raises SessionClosed when none can be had."""
-        ...
-
-
-class ReconnectingSession:
-    """One session at a time, opened on first use and again after it died."""
-
-    def __init__(self, open_channel: Callable[[], paramiko.Channel]) -> None:
-        self._open_channel = open_channel  # blocking (SSH): runs on a worker thread
-        self._client: SessionClient | None = None
-        self._lock = asyncio.Lock()
-
-    async def session(self) -> SessionClient:
-        client = self._client
-        if client is not None and not client.closed:
-            return client
-        async with self._lock:  # one reconnect for all the requests that found it dead
-            if self._client is None or self._client.closed:
-                try:
-                    channel = await asyncio.to_thread(self._open_channel)
-                except Exception as error:
-                    raise SessionClosed(f"no session channel: {error}") from error
-                client = SessionClient(ChannelByteStream(channel))
-                await client.start()
-                self._client = client
-            return self._client
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
 
 
 class SessionBackend:
@@ -76,14 +36,15 @@ class SessionBackend:
         try:
             client = await self._sessions.session()
             response = await client.request(
-                method, f"/jobs/{job.slurm_job_id}/http{path}", headers, body
+                method, http_path(job.slurm_job_id, path), headers, body
             )
         except SessionClosed as error:
             raise LinkDown(job, str(error)) from error
         except StreamReset as error:  # before the answer's head: this job's doing
             raise BackendUnreachable(job, str(error)) from error
         chunks: AsyncIterator[bytes] = response
-        if response.header(ENTRYPOINT_ANSWER) is not None:
+        # The entrypoint marks its own answers with this header; the job's answers lack it.
+        if response.header(EXIT_CODE_HEADER) is not None:
             detail = await response.read()
             # "cannot connect": the job never saw the request, like every refusal of the
             # entrypoint's own (a job that is no longer running, say). Other 502/504s may

@@ -1,10 +1,11 @@
 """The controller on the hub: Slurm through saia-entrypoint over the SSH link, on the real cluster.
 
 The controller runs in a thread as ``saia controller`` runs it, built here
-from its parts (not from a config file) on RemoteSlurm over an SshLink. Jobs'
-ports are probed directly, as the dev nodes are all 127.0.0.1. The
-entrypoint's configuration is the entrypoint tests' one plus this test's own
-service, so that this test's controller owns its jobs alone.
+from its parts (not from a config file) on RemoteSlurm over a ControlSession
+on an SshLink, as ``saia serve`` wires them. Jobs' ports are probed directly,
+as the dev nodes are all 127.0.0.1. The entrypoint's configuration is the
+entrypoint tests' one plus this test's own service, so that this test's
+controller owns its jobs alone.
 
 These tests kill the dev sshd: run them alone, not while someone else uses it.
 """
@@ -23,10 +24,11 @@ from typing import Any
 import pytest
 
 from saia import catalog
+from saia.adapters.control_session import Answer, ControlSession
 from saia.adapters.lock import FileLock
 from saia.adapters.prober import HttpProber
-from saia.adapters.slurm_remote import CommandLink, RemoteSlurm
-from saia.adapters.ssh_link import AnswerLost, Completed, SshLink
+from saia.adapters.slurm_remote import EntrypointCalls, RemoteSlurm
+from saia.adapters.ssh_link import AnswerLost, SshLink
 from saia.adapters.store import SqliteStore
 from saia.config import ControllerSettings
 from saia.controller import Controller, PassReport, run
@@ -84,7 +86,7 @@ def hub_side(link: Link) -> Iterator[HubSide]:  # noqa: F811 (the imported fixtu
 class HubController:
     """A log, the service in it, and the controller loop in a thread, on the given Slurm."""
 
-    def __init__(self, folder: Path, spec: ServiceSpec, through: CommandLink) -> None:
+    def __init__(self, folder: Path, spec: ServiceSpec, through: EntrypointCalls) -> None:
         self.hub = Hub(SqliteStore(str(folder / "saia.db")))
         catalog.sync(self.hub, [spec], time.time())
         self.hub.refresh()
@@ -92,6 +94,7 @@ class HubController:
         rng = random.SystemRandom()
         self.controller = Controller(self.hub, slurm, HttpProber(), SETTINGS, time.time, rng)
         self.reports: list[PassReport] = []
+        self.through = through
         self._lock = FileLock(folder / "saia.lock")
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -120,20 +123,23 @@ class HubController:
 
 
 @contextmanager
-def on_the_hub(folder: Path, side: HubSide, through: CommandLink | None = None) -> Iterator[
-    HubController
-]:
-    """The hub's controller for the test's service, asking Slurm over the link."""
+def on_the_hub(
+    folder: Path, side: HubSide, lossy: bool = False
+) -> Iterator[HubController]:
+    """The hub's controller for the test's service, asking Slurm over its session."""
     spec = ServiceSpec.from_dict({
         "id": side.name, "sbatch": "testservice.sbatch", "minimum_number_instances": 1,
         "job_expiry_time": TIME_LIMIT_MINUTES, "lead_time": 30,
         "port_min": PORT_MIN, "port_max": PORT_MAX,
     })  # fmt: skip
-    saia = HubController(folder, spec, through or side.link)
+    control = ControlSession(lambda: side.link.open_channel("session"))
+    through: EntrypointCalls = LosesFirstSubmitAnswer(control) if lossy else control
+    saia = HubController(folder, spec, through)
     try:
         yield saia
     finally:
         saia.stop()
+        control.close()
         saia.hub.close()
 
 
@@ -211,16 +217,16 @@ def test_a_link_down_at_start_delays_the_first_job_without_doubling_it(
 
 
 class LosesFirstSubmitAnswer:
-    """The real link, except that the first submit's answer is lost after the job was queued."""
+    """The real session, except that the first submit's answer is lost after the job was queued."""
 
-    def __init__(self, real: SshLink) -> None:
-        self.link = real
+    def __init__(self, real: ControlSession) -> None:
+        self.real = real
         self.lost: list[str] = []
 
-    def run(self, command: str, stdin: bytes = b"", *, timeout: float) -> Completed:
-        answer = self.link.run(command, stdin, timeout=timeout)
-        if command.startswith("submit ") and not self.lost:
-            self.lost.append(answer.stdout.decode().strip())
+    def call(self, method: str, path: str, body: bytes = b"", *, timeout: float) -> Answer:
+        answer = self.real.call(method, path, body, timeout=timeout)
+        if path == "/slurm/submit" and not self.lost:
+            self.lost.append(answer.body.decode().strip())
             raise AnswerLost("submit: channel broke: the test dropped the answer")
         return answer
 
@@ -230,10 +236,10 @@ def test_a_submit_whose_answer_was_lost_is_adopted_not_repeated(
 ) -> None:
     """sbatch ran but the hub never heard: reconciliation finds the job by token; one job."""
     name = hub_side.name
-    lossy = LosesFirstSubmitAnswer(hub_side.link)
-    with on_the_hub(tmp_path, hub_side, through=lossy) as saia:
+    with on_the_hub(tmp_path, hub_side, lossy=True) as saia:
         saia.start()
         (first,) = wait_for(lambda: saia.ready(name), 60, "the queued job to be adopted")
         time.sleep(2)
-        assert lossy.lost == [first.slurm_job_id]
+        assert isinstance(saia.through, LosesFirstSubmitAnswer)
+        assert saia.through.lost == [first.slurm_job_id]
         assert_one_healthy_job(saia, name, first.slurm_job_id)

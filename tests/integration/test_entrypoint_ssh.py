@@ -1,7 +1,12 @@
-"""saia-entrypoint over the real sshd with the forced-command key, against the real Slurm."""
+"""saia-entrypoint over the real sshd with the forced-command key, against the real Slurm.
+
+The verbs run through the ssh client; everything the hub does runs on a
+``session`` over the ssh client, spoken by the hub's own session client.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pwd
@@ -9,7 +14,6 @@ import secrets
 import shutil
 import socket
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -18,9 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from saia.domain.slurm import SlurmJob, SlurmState
-from saia.entrypoint import exits
-from saia.entrypoint.wire import job_from_line
+from saia.adapters.session_client import SessionClient
+from saia.protocol import exits
+from saia.protocol.h2_wire import AsyncioByteStream
+from saia.protocol.jobs import JobRecord, job_from_line
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slurm]
 
@@ -73,6 +78,58 @@ class Link:
     ) -> subprocess.CompletedProcess[bytes]:
         argv: list[str | bytes] = [*self.ssh_argv(*options), *command]
         return subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout, check=False)
+
+    def ask(self, method: str, path: str, body: bytes = b"", options: Sequence[str] = ()) -> Reply:
+        """One request on a session of its own."""
+        return self.ask_all([(method, path, body)], options)[0]
+
+    def ask_all(
+        self, requests: Sequence[tuple[str, str, bytes]], options: Sequence[str] = ()
+    ) -> list[Reply]:
+        """The requests, all at once on one session (one ssh, one entrypoint), in order."""
+        return asyncio.run(asyncio.wait_for(self._session(requests, options), 60))
+
+    async def _session(
+        self, requests: Sequence[tuple[str, str, bytes]], options: Sequence[str]
+    ) -> list[Reply]:
+        process = await asyncio.create_subprocess_exec(
+            *self.ssh_argv(*options), "session",
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert process.stdin is not None and process.stdout is not None
+        client = SessionClient(AsyncioByteStream(process.stdout, process.stdin))
+        try:
+            await client.start()
+
+            async def one(method: str, path: str, body: bytes) -> Reply:
+                response = await client.request(method, path, body=body)
+                return Reply(response.status, dict(response.headers), await response.read())
+
+            return await asyncio.gather(*(one(*request) for request in requests))
+        finally:
+            await client.aclose()
+            assert await process.wait() == 0
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def exit_code(self) -> int:
+        """The entrypoint's refusal's exit code; 0 for the job's own answers and successes."""
+        return int(self.headers.get("saia-exit-code", "0"))
+
+    @property
+    def error(self) -> str:
+        return str(json.loads(self.body)["error"]) if self.exit_code else ""
+
+
+def submit(link: Link, service: str, port: int, token: str) -> Reply:
+    order = json.dumps({"service": service, "port": port, "token": token}).encode()
+    return link.ask("POST", "/slurm/submit", order)
 
 
 def write_config(link: Link, login_node: str = "", **overrides: str) -> None:
@@ -136,15 +193,15 @@ def new_port() -> int:
     return PORT_MIN + 100 + secrets.randbelow(PORT_MAX - PORT_MIN - 100)
 
 
-def saia_jobs(link: Link) -> list[SlurmJob]:
-    """The jobs verb's lines, read back as the hub's remote adapter reads them."""
-    answer = link.run("jobs")
-    assert answer.returncode == 0, answer.stderr
-    return [job_from_line(line) for line in answer.stdout.splitlines()]
+def saia_jobs(link: Link) -> list[JobRecord]:
+    """The lines of /slurm/jobs, read back as the hub's remote adapter reads them."""
+    answer = link.ask("GET", "/slurm/jobs")
+    assert answer.status == 200, answer.body
+    return [job_from_line(line) for line in answer.body.splitlines()]
 
 
 def live_job_ids(link: Link) -> set[str]:
-    return {job.job_id for job in saia_jobs(link) if job.final is None}
+    return {job.job_id for job in saia_jobs(link) if not job.ended}
 
 
 def wait_until(what: str, check: object, timeout: float = 20.0) -> None:
@@ -159,19 +216,19 @@ def wait_until(what: str, check: object, timeout: float = 20.0) -> None:
 def job(link: Link) -> Iterator[RunningJob]:
     """One running testservice job of saia's, submitted through the entrypoint."""
     port, token = new_port(), secrets.token_hex(8)
-    answer = link.run("submit", SERVICE, str(port), token)
-    assert answer.returncode == 0, answer.stderr
-    submitted = RunningJob(answer.stdout.decode().strip(), port, token)
+    answer = submit(link, SERVICE, port, token)
+    assert answer.status == 200, answer.body
+    submitted = RunningJob(answer.body.decode().strip(), port, token)
     try:
         wait_until("the job to answer its probe", lambda: probe_ok(link, submitted.job_id))
         yield submitted
     finally:
-        link.run("cancel", submitted.job_id)
+        link.ask("POST", f"/slurm/cancel/{submitted.job_id}")
 
 
 def probe_ok(link: Link, job_id: str) -> bool:
-    answer = link.run("probe", job_id)
-    return answer.returncode == 0 and json.loads(answer.stdout)["ok"] is True
+    answer = link.ask("GET", f"/jobs/{job_id}/probe")
+    return answer.status == 200 and json.loads(answer.body)["ok"] is True
 
 
 @pytest.fixture
@@ -181,7 +238,7 @@ def marker() -> Iterator[Path]:
     path.unlink(missing_ok=True)
 
 
-# -- every verb ------------------------------------------------------------------
+# -- every verb, and every path of a session -------------------------------------
 
 
 def test_keep_alive_answers_ok(link: Link) -> None:
@@ -200,36 +257,35 @@ def test_status_lists_the_configured_services(link: Link) -> None:
 
 
 def test_submit_runs_the_service_and_jobs_lists_it(link: Link, job: RunningJob) -> None:
-    """A submitted job appears in jobs with its service, token, port and a batch host."""
+    """A submitted job appears in /slurm/jobs with its service, token, port and batch host."""
     listed = {entry.job_id: entry for entry in saia_jobs(link)}
     entry = listed[job.job_id]
     assert (entry.service, entry.token, entry.port) == (SERVICE, job.token, job.port)
-    assert entry.state is SlurmState.RUNNING and entry.batch_host
+    assert entry.state == "RUNNING" and entry.batch_host
     assert entry.time_limit == 5 * 60 and entry.start_time is not None
 
 
 def test_a_retried_submit_returns_the_same_job(link: Link, job: RunningJob) -> None:
     """Submitting the same token again (a retry after a lost answer) starts nothing new."""
     before = live_job_ids(link)
-    answer = link.run("submit", SERVICE, str(job.port), job.token)
-    assert (answer.returncode, answer.stdout.decode().strip()) == (0, job.job_id)
+    answer = submit(link, SERVICE, job.port, job.token)
+    assert (answer.status, answer.body.decode().strip()) == (200, job.job_id)
     assert live_job_ids(link) == before
 
 
 def test_probe_checks_a_path_of_the_job(link: Link, job: RunningJob) -> None:
-    """probe GETs the path on the job's batch host and port and reports ok and latency."""
-    answer = link.run("probe", job.job_id, "/v1/models")
-    result = json.loads(answer.stdout)
-    assert answer.returncode == 0 and result["ok"] is True and result["latency"] > 0
-    missing = json.loads(link.run("probe", job.job_id, "/no-such-path").stdout)
+    """A probe GETs the path on the job's batch host and port and reports ok and latency."""
+    answer = link.ask("GET", f"/jobs/{job.job_id}/probe?path=/v1/models")
+    result = json.loads(answer.body)
+    assert answer.status == 200 and result["ok"] is True and result["latency"] > 0
+    missing = json.loads(link.ask("GET", f"/jobs/{job.job_id}/probe?path=/no-such-path").body)
     assert missing["ok"] is False and missing["error"] == "HTTP 404"
 
 
 def served_model(link: Link, job: RunningJob) -> str:
-    answer = link.run("forward", job.job_id, stdin=b"GET /v1/models HTTP/1.1\r\nHost: hub\r\n\r\n")
-    assert answer.returncode == 0, answer.stderr
-    assert answer.stdout.startswith(b"HTTP/1.1 200 ")
-    model: str = json.loads(answer.stdout.partition(b"\r\n\r\n")[2])["data"][0]["id"]
+    answer = link.ask("GET", f"/jobs/{job.job_id}/http/v1/models")
+    assert answer.status == 200, answer.body
+    model: str = json.loads(answer.body)["data"][0]["id"]
     return model
 
 
@@ -238,66 +294,49 @@ def chat(model: str, stream: bool) -> bytes:
     return json.dumps({"model": model, "stream": stream, "messages": [message]}).encode()
 
 
-def test_forward_relays_a_request_and_streams_the_raw_response(link: Link, job: RunningJob) -> None:
-    """stdin's HTTP request reaches the job; stdout is its raw HTTP/1.1 response."""
+def test_a_request_reaches_the_job_and_its_stream_comes_back(link: Link, job: RunningJob) -> None:
+    """A request on a session reaches the job; its server-sent events come back whole."""
     body = chat(served_model(link, job), stream=True)
-    request = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: hub\r\nContent-Type: application/json\r\n"
-        b"Authorization: Bearer not-logged\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-    )
-    answer = link.run("forward", job.job_id, stdin=request)
-    assert answer.returncode == 0, answer.stderr
-    assert answer.stdout.startswith(b"HTTP/1.1 200 ")
-    assert b"text/event-stream" in answer.stdout and b"data: [DONE]" in answer.stdout
-    assert b"not-logged" not in answer.stderr
+    answer = link.ask("POST", f"/jobs/{job.job_id}/http/v1/chat/completions", body)
+    assert answer.status == 200 and answer.exit_code == 0
+    assert answer.headers["content-type"].startswith("text/event-stream")
+    assert b"data: [DONE]" in answer.body
 
 
 def cached_at(link: Link) -> float:
     cache = link.config.parent / "entrypoint-state" / "queue.json"
-    at: float = json.loads(cache.read_bytes())["at"]
-    return at
+    return float(cache.read_bytes().split(b"\n", 1)[0])
 
 
-def test_a_burst_of_forwards_all_succeed_from_one_look_at_the_queue(
+def test_a_burst_of_requests_all_succeed_from_one_look_at_the_queue(
     link: Link, job: RunningJob
 ) -> None:
-    """Ten concurrent forwards all get their answer, and share one cached squeue."""
-    request = b"GET /health HTTP/1.1\r\nHost: hub\r\n\r\n"
-    assert link.run("jobs").returncode == 0  # a fresh look, cached for the burst
+    """Twenty concurrent requests on one session all get their answer from one cached squeue."""
+    saia_jobs(link)  # a fresh look, cached for the burst
     started, looked = time.time(), cached_at(link)
-    results: list[subprocess.CompletedProcess[bytes]] = []
-
-    def one() -> None:
-        results.append(link.run("forward", job.job_id, stdin=request))
-
-    threads = [threading.Thread(target=one) for _ in range(10)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert [r.returncode for r in results] == [0] * 10
-    assert all(r.stdout.startswith(b"HTTP/1.1 200 ") for r in results)
+    answers = link.ask_all([("GET", f"/jobs/{job.job_id}/http/health", b"")] * 20)
+    assert [answer.status for answer in answers] == [200] * 20
     if time.time() - started < QUEUE_CACHE_SECONDS - 1:
-        assert cached_at(link) == looked  # no forward looked at the queue again
+        assert cached_at(link) == looked  # no request looked at the queue again
 
 
 @pytest.mark.parametrize(
-    "request_bytes",
+    ("method", "target", "status"),
     [
-        b"GET /../etc/passwd HTTP/1.1\r\nHost: hub\r\n\r\n",
-        b"GET http://other-host:22/ HTTP/1.1\r\nHost: hub\r\n\r\n",
-        b"CONNECT node1:22 HTTP/1.1\r\nHost: hub\r\n\r\n",
-        b"this is not http\r\n\r\n",
-        b"",
+        ("GET", "/../etc/passwd", 400),
+        ("GET", "/v1%2F..%2F..%2Fetc/passwd", 400),
+        ("GET", "/health%2F", 400),
+        ("GET", "//other-host:22/", 400),
+        ("TRACE", "/health", 405),
     ],
 )
-def test_forward_refuses_requests_it_does_not_pass_on(
-    link: Link, job: RunningJob, request_bytes: bytes
+def test_requests_the_entrypoint_does_not_pass_on_are_refused(
+    link: Link, job: RunningJob, method: str, target: str, status: int
 ) -> None:
-    """Traversal, absolute targets, CONNECT and garbage on stdin are bad data (65)."""
-    answer = link.run("forward", job.job_id, stdin=request_bytes)
-    assert answer.returncode == exits.BAD_DATA, answer.stderr
-    assert answer.stdout == b""
+    """Traversal, escaped slashes and methods outside the list get a 4xx of the entrypoint's."""
+    answer = link.ask(method, f"/jobs/{job.job_id}/http{target}")
+    assert (answer.status, answer.exit_code) == (status, exits.REFUSED), answer.body
+    assert probe_ok(link, job.job_id)  # and the job is none the worse
 
 
 HUB_FIELDS = "inference-1\nalice@example.org\n{service}\n{path}\n -X {method} {headers}"
@@ -329,16 +368,16 @@ def test_legacy_errors_are_the_originals_answers(link: Link) -> None:
     assert invalid.stdout.startswith(b"HTTP/1.1 400 Bad Request\r\n")
 
 
-def test_cancel_ends_the_job_and_forward_then_refuses_it(link: Link) -> None:
-    """cancel ends saia's job; afterwards the job is not running and cannot be reached."""
-    answer = link.run("submit", SERVICE, str(new_port()), secrets.token_hex(8))
-    job_id = answer.stdout.decode().strip()
-    assert answer.returncode == 0, answer.stderr
-    assert link.run("cancel", job_id).returncode == 0
+def test_cancel_ends_the_job_and_requests_to_it_are_then_refused(link: Link) -> None:
+    """A cancel ends saia's job; afterwards the job is not running and cannot be reached."""
+    answer = submit(link, SERVICE, new_port(), secrets.token_hex(8))
+    job_id = answer.body.decode().strip()
+    assert answer.status == 200, answer.body
+    assert link.ask("POST", f"/slurm/cancel/{job_id}").status == 200
     wait_until("the job to leave the live jobs", lambda: job_id not in live_job_ids(link))
-    refused = link.run("forward", job_id, stdin=b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
-    assert refused.returncode == exits.NOT_PERMITTED
-    assert b"not running" in refused.stderr
+    refused = link.ask("GET", f"/jobs/{job_id}/http/health")
+    assert (refused.status, refused.exit_code) == (403, exits.NOT_PERMITTED)
+    assert "not running" in refused.error
 
 
 # -- what the key must not do ----------------------------------------------------
@@ -347,15 +386,15 @@ def test_cancel_ends_the_job_and_forward_then_refuses_it(link: Link) -> None:
 @pytest.mark.parametrize(
     "template",
     [
-        "submit testsvc {port} $(touch {marker})",
-        "submit testsvc {port} {token}; touch {marker}",
-        "submit testsvc {port} {token} && touch {marker}",
-        "submit testsvc {port} `touch {marker}`",
+        "session $(touch {marker})",
+        "session; touch {marker}",
+        "keep-alive && touch {marker}",
+        "status `touch {marker}`",
         "keep-alive | touch {marker}",
         "touch {marker}",
         "/bin/sh -c 'touch {marker}'",
-        "probe 1 /../../{marker}",
-        "submit ../testsvc {port} {token}",
+        "session ../../{marker}",
+        "submit testsvc {port} {token}",
     ],
 )
 def test_hostile_commands_are_refused_with_nothing_executed(
@@ -374,7 +413,7 @@ def test_hostile_commands_are_refused_with_nothing_executed(
 
 @pytest.mark.parametrize(
     "command",
-    [b"cancel \xff\xfe", b"keep-alive\x1b[2J", b"status\r", b"keep-alive " + b"a" * 20_000],
+    [b"session \xff\xfe", b"keep-alive\x1b[2J", b"status\r", b"keep-alive " + b"a" * 20_000],
 )
 def test_bad_bytes_are_refused_as_bad_data(link: Link, command: bytes) -> None:
     """Invalid UTF-8, control characters and overlong commands exit 65.
@@ -397,11 +436,32 @@ def test_a_one_megabyte_command_line_runs_nothing(link: Link) -> None:
 
 
 def test_unknown_verbs_and_wrong_arguments_are_refused(link: Link) -> None:
-    """Unknown verbs and bad argument counts exit 64 with the reason on stderr."""
-    for command in ("reboot", "jobs now", "cancel", "submit testsvc 20001"):
+    """Unknown verbs and arguments to verbs exit 64 with the reason on stderr."""
+    for command in ("reboot", "session now", "jobs", "cancel 1", "submit testsvc 20001"):
         answer = link.run(command)
         assert answer.returncode == exits.REFUSED, command
         assert answer.stderr.startswith(b"saia-entrypoint: ")
+
+
+def test_slurm_variables_the_client_sends_never_reach_slurm(link: Link) -> None:
+    """SBATCH_*/SLURM_*/SQUEUE_* set by the SSH client (sshd accepts them here) change
+    nothing: the job is submitted, listed and cancelled as without them."""
+    hostile = [
+        "SBATCH_PARTITION=nosuchpartition",  # sbatch would refuse the job
+        "SLURM_CONF=/nonexistent/slurm.conf",  # every command would fail
+        "SQUEUE_USERS=root",  # the listing would show someone else's jobs
+    ]
+    options = [option for variable in hostile for option in ("-o", f"SetEnv={variable}")]
+    order = json.dumps({"service": SERVICE, "port": new_port(), "token": secrets.token_hex(8)})
+    answer = link.ask("POST", "/slurm/submit", order.encode(), options=options)
+    assert answer.status == 200, answer.body
+    job_id = answer.body.decode().strip()
+    try:
+        listed = link.ask("GET", "/slurm/jobs", options=options)
+        assert job_id in {job_from_line(line).job_id for line in listed.body.splitlines()}
+    finally:
+        assert link.ask("POST", f"/slurm/cancel/{job_id}", options=options).status == 200
+        wait_until("the job to end", lambda: job_id not in live_job_ids(link))
 
 
 def test_a_login_without_a_command_is_refused(link: Link) -> None:
@@ -423,11 +483,11 @@ def test_services_and_ports_outside_the_configuration_are_not_permitted(
         (SERVICE, job.port),
     ]
     before = live_job_ids(link)
-    answers = [link.run("submit", service, str(port), token) for service, port in cases]
+    answers = [submit(link, service, port, token) for service, port in cases]
     for answer in answers:
-        if answer.returncode == 0:  # a failure of this test: leave no job behind
-            link.run("cancel", answer.stdout.decode().strip())
-    assert [answer.returncode for answer in answers] == [exits.NOT_PERMITTED] * len(cases)
+        if answer.status == 200:  # a failure of this test: leave no job behind
+            link.ask("POST", f"/slurm/cancel/{answer.body.decode().strip()}")
+    assert [answer.exit_code for answer in answers] == [exits.NOT_PERMITTED] * len(cases)
     assert live_job_ids(link) == before
 
 
@@ -480,10 +540,14 @@ def test_jobs_that_are_not_saias_cannot_be_cancelled_or_reached(
     plain, forged, listener = strangers
     wait_until("the strangers to be queued", lambda: plain in squeue_ids())
     for job_id in (plain, forged):
-        for command in (("cancel", job_id), ("forward", job_id), ("probe", job_id)):
-            answer = link.run(*command, stdin=b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
-            assert answer.returncode == exits.NOT_PERMITTED, (command, answer.stderr)
-            assert b"not one of saia's jobs" in answer.stderr
+        requests = [
+            ("POST", f"/slurm/cancel/{job_id}", b""),
+            ("GET", f"/jobs/{job_id}/http/", b""),
+            ("GET", f"/jobs/{job_id}/probe", b""),
+        ]
+        for answer in link.ask_all(requests):
+            assert answer.exit_code == exits.NOT_PERMITTED, answer.body
+            assert "not one of saia's jobs" in answer.error
     assert plain in squeue_ids()
     # A controller of another test, run as root on this shared cluster, may cancel the
     # forged job for looking like an unknown saia job; the entrypoint's user never did.
@@ -494,9 +558,13 @@ def test_jobs_that_are_not_saias_cannot_be_cancelled_or_reached(
 
 
 def test_a_job_id_that_exists_nowhere_is_refused(link: Link) -> None:
-    """forward and cancel of a job id nobody has exit 77."""
-    for verb in ("forward", "cancel", "probe"):
-        assert link.run(verb, "4000000000").returncode == exits.NOT_PERMITTED
+    """Requests to, probes and cancels of a job id nobody has are refused (77)."""
+    requests = [
+        ("POST", "/slurm/cancel/4000000000", b""),
+        ("GET", "/jobs/4000000000/http/", b""),
+        ("GET", "/jobs/4000000000/probe", b""),
+    ]
+    assert [answer.exit_code for answer in link.ask_all(requests)] == [exits.NOT_PERMITTED] * 3
 
 
 def test_a_pty_cannot_be_had(link: Link) -> None:

@@ -97,12 +97,12 @@ def job(link: Link) -> Iterator[DelayedJob]:
         wait_until("the delayed job to run", lambda: job_id in live_running(link))
         yield DelayedJob(job_id, port)
     finally:
-        link.run("cancel", job_id)
+        link.ask("POST", f"/slurm/cancel/{job_id}")
 
 
 def live_running(link: Link) -> set[str]:
-    answer = link.run("jobs")
-    jobs = [json.loads(line) for line in answer.stdout.splitlines()]
+    answer = link.ask("GET", "/slurm/jobs")
+    jobs = [json.loads(line) for line in answer.body.splitlines()]
     return {str(job["job_id"]) for job in jobs if job["state"] == "RUNNING"}
 
 
@@ -245,6 +245,8 @@ def test_submit_jobs_and_cancel_through_the_session(
 ) -> None:
     """submit starts a job that /slurm/jobs lists; cancel ends it; all on one channel."""
 
+    submitted_ids: list[str] = []
+
     async def scenario() -> None:
         async with session(hub) as client:
             order = {"service": SERVICE, "port": new_port(), "token": secrets.token_hex(8)}
@@ -253,6 +255,7 @@ def test_submit_jobs_and_cancel_through_the_session(
             )
             job_id = (await submitted.read()).decode().strip()
             assert submitted.status == 200, job_id
+            submitted_ids.append(job_id)
             try:
                 listing = await client.request("GET", "/slurm/jobs")
                 listed = [json.loads(line) for line in (await listing.read()).splitlines()]
@@ -261,9 +264,9 @@ def test_submit_jobs_and_cancel_through_the_session(
                 cancelled = await client.request("POST", f"/slurm/cancel/{job_id}")
                 await cancelled.read()
             assert cancelled.status == 200
-        wait_until("the job to end", lambda: job_id not in live_job_ids(link))
 
     run(scenario)
+    wait_until("the job to end", lambda: submitted_ids[0] not in live_job_ids(link))
 
 
 def test_the_entrypoint_exits_0_when_the_hub_closes_the_channel(

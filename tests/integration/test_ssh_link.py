@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from saia.adapters.control_session import ControlSession
 from saia.adapters.slurm_remote import RemoteSlurm
 from saia.adapters.ssh_link import Completed, LinkDown, SshLink, SshLinkSettings
 from saia.domain.slurm import SlurmJob
@@ -328,13 +329,21 @@ def test_the_link_survives_an_sshd_restart(ssh: tuple[SshLink, Changes]) -> None
 # -- RemoteSlurm through the entrypoint ----------------------------------------------
 
 
+@pytest.fixture
+def control(ssh: tuple[SshLink, Changes]) -> Iterator[ControlSession]:
+    """The controller's session on the kept connection, as saia serve opens it."""
+    session = ControlSession(lambda: ssh[0].open_channel("session"))
+    yield session
+    session.close()
+
+
 def _listed(slurm: RemoteSlurm, job_id: str) -> SlurmJob | None:
     return next((job for job in slurm.jobs() if job.job_id == job_id), None)
 
 
-def test_remote_slurm_submits_lists_and_cancels(ssh: tuple[SshLink, Changes]) -> None:
+def test_remote_slurm_submits_lists_and_cancels(control: ControlSession) -> None:
     """submit starts the configured script, jobs lists it, a retry finds it, cancel ends it."""
-    slurm = RemoteSlurm(ssh[0], timeout=60)
+    slurm = RemoteSlurm(control, timeout=60)
     port, token = new_port(), secrets.token_hex(8)
     request = SubmitRequest(SERVICE, "ignored-the-login-node-decides.sbatch", port, token, 60.0)
     job_id = slurm.submit(request)
@@ -353,9 +362,9 @@ def test_remote_slurm_submits_lists_and_cancels(ssh: tuple[SshLink, Changes]) ->
         slurm.cancel(job_id)
 
 
-def test_remote_slurm_refusals_raise_the_ports_errors(ssh: tuple[SshLink, Changes]) -> None:
+def test_remote_slurm_refusals_raise_the_ports_errors(control: ControlSession) -> None:
     """An unconfigured service is a SlurmError with the login node's reason, not a rejection."""
-    slurm = RemoteSlurm(ssh[0], timeout=60)
+    slurm = RemoteSlurm(control, timeout=60)
     request = SubmitRequest("not-configured", "x.sbatch", new_port(), secrets.token_hex(8), 60.0)
     with pytest.raises(SlurmError, match="not configured here") as raised:
         slurm.submit(request)

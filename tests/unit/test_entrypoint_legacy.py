@@ -14,15 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from saia.entrypoint import exits, legacy
+from saia.entrypoint import legacy
 from saia.entrypoint.config import EntrypointConfig, ServiceRule
 from saia.entrypoint.context import Context
-from saia.entrypoint.grammar import Legacy
-from saia.entrypoint.http_verbs import legacy_request
 from saia.entrypoint.legacy import LegacyRefused, LegacyRequest, parse_request, render
-from saia.entrypoint.relay import Timeouts, relay_legacy
+from saia.entrypoint.legacy_relay import answer
 from saia.ports import SubmitRequest
-from tests.fakes import FakeClock, FakeSlurm
+from saia.protocol import exits
+from tests.fakes import FakeClock, FakeLoginSlurm, FakeSlurm
 
 NOW = 1_795_925_770.0  # Sun, 29 Nov 2026 04:16:10 UTC
 HUB_REQUEST = (
@@ -252,24 +251,31 @@ def backend() -> Iterator[CannedBackend]:
     server.close()
 
 
-TIMEOUTS = Timeouts(connect=2.0, idle=5.0)
-
-
-def test_a_backends_answer_is_passed_on_as_curl_minus_i_printed_it(backend: CannedBackend) -> None:
-    """Status line and headers as received, then the body without its chunk framing."""
+def relayed(tmp_path: Path, port: int, body: bytes) -> bytes:
+    """What the legacy request HUB_REQUEST answers, with one job running on ``port``."""
+    slurm = FakeSlurm(FakeClock())
+    run_job(slurm, "127.0.0.1", port)
     out = io.BytesIO()
-    request = parse_request(HUB_REQUEST)
-    relay_legacy(request, b'{"model": "m"}', out.write, "127.0.0.1", backend.port, TIMEOUTS)
-    assert out.getvalue() == SSE_HEAD + b"".join(EVENTS)
+    assert answer(HUB_REQUEST, context_for(tmp_path, slurm, body, out)) == exits.OK
+    return out.getvalue()
+
+
+def test_a_backends_answer_is_passed_on_as_curl_minus_i_printed_it(
+    backend: CannedBackend, tmp_path: Path
+) -> None:
+    """Status line and headers as received, then the body without its chunk framing."""
+    assert relayed(tmp_path, backend.port, b'{"model": "m"}') == SSE_HEAD + b"".join(EVENTS)
     sent = backend.requests[0]
     assert sent.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
-    assert b"Host: 127.0.0.1:" in sent and b"hub.example.org" not in sent
+    assert b"host: 127.0.0.1:" in sent and b"hub.example.org" not in sent
     assert b"authorization: Bearer sk-secret\r\n" in sent
     assert sent.endswith(b'\r\n\r\n{"model": "m"}')
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl(1)")
-def test_the_success_answer_is_byte_identical_to_curl_minus_i(backend: CannedBackend) -> None:
+def test_the_success_answer_is_byte_identical_to_curl_minus_i(
+    backend: CannedBackend, tmp_path: Path
+) -> None:
     """The relayed answer equals what `curl -i -s -N` (the original's relay) prints for it."""
     url = f"http://127.0.0.1:{backend.port}/v1/chat/completions"
     curl = ["curl", "-i", "-s", "-N", "-g", "-X", "POST"]
@@ -280,19 +286,10 @@ def test_the_success_answer_is_byte_identical_to_curl_minus_i(backend: CannedBac
         check=True,
         timeout=10,
     ).stdout
-    out = io.BytesIO()
-    relay_legacy(
-        parse_request(HUB_REQUEST),
-        b'{"model": "m"}',
-        out.write,
-        "127.0.0.1",
-        backend.port,
-        TIMEOUTS,
-    )
-    assert out.getvalue() == printed
+    assert relayed(tmp_path, backend.port, b'{"model": "m"}') == printed
 
 
-# -- the whole legacy verb: service lookup, backends, stdin ---------------------------
+# -- the whole legacy request: service lookup, backends, stdin ---------------------------
 
 
 def context_for(
@@ -303,6 +300,8 @@ def context_for(
         sbatch_dir=str(tmp_path),
         state_dir=str(tmp_path / "state"),
         services={"testsvc": ServiceRule("testsvc", "testservice.sbatch")},
+        port_min=1024,  # the backends listen on ports the system picks
+        port_max=65535,
         connect_timeout=2.0,
         idle_timeout=5.0,
         max_body_bytes=max_body,
@@ -314,7 +313,7 @@ def context_for(
         write=out.write,
         clock=lambda: NOW,
         environment={},
-        make_slurm=lambda: slurm,
+        make_slurm=lambda: FakeLoginSlurm(slurm),  # type: ignore[arg-type, return-value]
     )
 
 
@@ -329,7 +328,7 @@ def test_an_unknown_service_is_answered_404(utc: None, tmp_path: Path) -> None:
     """A service this login node does not configure gets the original's 404, exit 77."""
     out = io.BytesIO()
     context = context_for(tmp_path, FakeSlurm(FakeClock()), b"", out)
-    code = legacy_request(Legacy("i\nu\nllama\n/v1/models\n -X GET"), context)
+    code = answer("i\nu\nllama\n/v1/models\n -X GET", context)
     assert code == exits.NOT_PERMITTED
     assert out.getvalue() == render(legacy.UNKNOWN_SERVICE, NOW)
 
@@ -339,7 +338,7 @@ def test_a_service_without_a_running_job_is_answered_503(utc: None, tmp_path: Pa
     slurm = FakeSlurm(FakeClock())
     slurm.submit(SubmitRequest("testsvc", "testservice.sbatch", 20001, "0123456789abcdef", 60.0))
     out = io.BytesIO()
-    code = legacy_request(Legacy(HUB_REQUEST), context_for(tmp_path, slurm, b"{}", out))
+    code = answer(HUB_REQUEST, context_for(tmp_path, slurm, b"{}", out))
     assert code == exits.UNAVAILABLE
     assert out.getvalue() == render(legacy.NO_BACKEND, NOW)
 
@@ -352,7 +351,7 @@ def test_a_running_job_that_refuses_connections_is_answered_503(utc: None, tmp_p
     slurm = FakeSlurm(FakeClock())
     run_job(slurm, "127.0.0.1", port)
     out = io.BytesIO()
-    code = legacy_request(Legacy(HUB_REQUEST), context_for(tmp_path, slurm, b"{}", out))
+    code = answer(HUB_REQUEST, context_for(tmp_path, slurm, b"{}", out))
     assert code == exits.UNAVAILABLE
     assert out.getvalue() == render(legacy.NO_BACKEND, NOW)
 
@@ -361,7 +360,7 @@ def test_invalid_fields_are_answered_400_with_exit_65(utc: None, tmp_path: Path)
     """A refused field is answered on stdout in HTTP and reported by exit code 65."""
     out = io.BytesIO()
     context = context_for(tmp_path, FakeSlurm(FakeClock()), b"", out)
-    code = legacy_request(Legacy("i\nu\ns\n/../x\n -X GET"), context)
+    code = answer("i\nu\ns\n/../x\n -X GET", context)
     assert code == exits.BAD_DATA
     assert out.getvalue() == render(legacy.BAD_PATH, NOW)
 
@@ -374,7 +373,7 @@ def test_a_request_reaches_a_running_job_with_its_body_from_stdin(
     run_job(slurm, "127.0.0.1", backend.port)
     out = io.BytesIO()
     context = context_for(tmp_path, slurm, b'{"stream": true}', out)
-    assert legacy_request(Legacy(HUB_REQUEST), context) == exits.OK
+    assert answer(HUB_REQUEST, context) == exits.OK
     assert out.getvalue().startswith(b"HTTP/1.1 200 OK\r\n")
     assert out.getvalue().endswith(b"data: [DONE]\n\n")
     assert backend.requests[0].endswith(b'\r\n\r\n{"stream": true}')
@@ -383,8 +382,8 @@ def test_a_request_reaches_a_running_job_with_its_body_from_stdin(
 def test_a_body_over_the_limit_is_answered_413(utc: None, tmp_path: Path) -> None:
     """stdin larger than max_body_bytes is refused before any backend is contacted."""
     slurm = FakeSlurm(FakeClock())
-    run_job(slurm, "127.0.0.1", 9)
+    run_job(slurm, "127.0.0.1", 1025)  # nothing listens there: it is never asked
     out = io.BytesIO()
     context = context_for(tmp_path, slurm, b"x" * 100, out, max_body=10)
-    assert legacy_request(Legacy(HUB_REQUEST), context) == exits.BAD_DATA
+    assert answer(HUB_REQUEST, context) == exits.BAD_DATA
     assert out.getvalue() == render(legacy.BODY_TOO_LARGE, NOW)

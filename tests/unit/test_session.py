@@ -16,23 +16,23 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
 import uvicorn
 
-from saia.adapters.h2_wire import AsyncioByteStream
 from saia.adapters.session_client import SessionClient, SessionClosed, StreamReset
 from saia.domain.slurm import SlurmState
-from saia.entrypoint import exits
 from saia.entrypoint.config import EntrypointConfig, ServiceRule
 from saia.entrypoint.context import Context
 from saia.entrypoint.session import SessionServer, serve_session
 from saia.entrypoint.session_actions import SessionActions
 from saia.ports import SubmitRequest
-from tests.fakes import FakeClock, FakeSlurm
+from saia.protocol import exits
+from saia.protocol.h2_wire import AsyncioByteStream
+from tests.fakes import FakeClock, FakeLoginSlurm, FakeSlurm
 
 TOKEN = "0123456789abcdef"
 Scope = dict[str, Any]
@@ -123,26 +123,27 @@ class Session:
     job_id: str  # saia's running job, whose batch host and port are the backend's
 
 
-def entrypoint_context(tmp_path: Path, slurm: FakeSlurm) -> Context:
+def entrypoint_context(tmp_path: Path, slurm: FakeSlurm, **changes: Any) -> Context:
     config = EntrypointConfig(
         path=str(tmp_path / "entrypoint.toml"),
         sbatch_dir=str(tmp_path),
         state_dir=str(tmp_path / "state"),
         services={"testsvc": ServiceRule("testsvc", "testservice.sbatch")},
-        port_min=20000,
-        port_max=20999,
+        # The backend listens on a port the system picks.
+        port_min=1024,
+        port_max=65535,
         connect_timeout=2.0,
         idle_timeout=10.0,
         probe_timeout=2.0,
         max_body_bytes=64 * 1024 * 1024,
     )
     return Context(
-        config=config,
+        config=replace(config, **changes),
         read=lambda: b"",
         write=lambda data: None,
         clock=time.time,
         environment={},
-        make_slurm=lambda: slurm,
+        make_slurm=lambda: FakeLoginSlurm(slurm),  # type: ignore[arg-type, return-value]
     )
 
 
@@ -161,7 +162,9 @@ async def backend_on_loop(backend: Backend) -> AsyncIterator[int]:
 
 
 @asynccontextmanager
-async def session(tmp_path: Path, **client_options: int) -> AsyncIterator[Session]:
+async def session(
+    tmp_path: Path, config: dict[str, Any] | None = None, **client_options: int
+) -> AsyncIterator[Session]:
     """A session server and client on a socket pair, and one running job of saia's."""
     backend = Backend()
     async with backend_on_loop(backend) as port:
@@ -171,7 +174,7 @@ async def session(tmp_path: Path, **client_options: int) -> AsyncIterator[Sessio
         slurm.queue[job_id].host = "127.0.0.1"
         slurm.queue[job_id].port = port  # the job listens where the backend does
         hub_end, login_end = socket.socketpair()
-        actions = SessionActions(entrypoint_context(tmp_path, slurm))
+        actions = SessionActions(entrypoint_context(tmp_path, slurm, **(config or {})))
         server = SessionServer(
             AsyncioByteStream(*await asyncio.open_connection(sock=login_end)), actions.respond
         )
@@ -216,8 +219,8 @@ def test_many_concurrent_requests_each_get_their_own_answer(tmp_path: Path) -> N
     run(scenario)
 
 
-def test_the_jobs_path_answers_the_jobs_verbs_lines(tmp_path: Path) -> None:
-    """GET /slurm/jobs is the jobs verb's output: one JSON line per saia job."""
+def test_the_jobs_path_answers_one_json_line_per_job(tmp_path: Path) -> None:
+    """GET /slurm/jobs answers one JSON line per saia job."""
 
     async def scenario() -> None:
         async with session(tmp_path) as s:
@@ -230,7 +233,7 @@ def test_the_jobs_path_answers_the_jobs_verbs_lines(tmp_path: Path) -> None:
     run(scenario)
 
 
-def test_submit_and_cancel_go_through_the_verbs(tmp_path: Path) -> None:
+def test_submit_and_cancel_change_the_queue(tmp_path: Path) -> None:
     """POST /slurm/submit starts a job (a retry finds the same one); cancel ends it."""
 
     async def scenario() -> None:
@@ -251,7 +254,7 @@ def test_submit_and_cancel_go_through_the_verbs(tmp_path: Path) -> None:
 
 
 def test_probe_reports_the_jobs_health(tmp_path: Path) -> None:
-    """GET /jobs/<id>/probe?path=... is the probe verb's JSON line."""
+    """GET /jobs/<id>/probe?path=... answers whether the job gives that path a 2xx."""
 
     async def scenario() -> None:
         async with session(tmp_path) as s:
@@ -259,6 +262,43 @@ def test_probe_reports_the_jobs_health(tmp_path: Path) -> None:
             missing = await s.client.request("GET", f"/jobs/{s.job_id}/probe?path=/nothing")
             assert json.loads(await found.read())["ok"] is True
             assert json.loads(await missing.read())["error"] == "HTTP 404"
+
+    run(scenario)
+
+
+def test_a_port_outside_the_login_nodes_range_is_not_submitted(tmp_path: Path) -> None:
+    """A submit for a port outside the configured range is refused, and nothing runs."""
+
+    async def scenario() -> None:
+        async with session(tmp_path, {"port_min": 20000, "port_max": 20999}) as s:
+            fields = {"service": "testsvc", "port": 21000, "token": "fedcba9876543210"}
+            order = json.dumps(fields).encode()
+            refused = await s.client.request("POST", "/slurm/submit", body=order)
+            assert refused.status == 403
+            assert "outside 20000-20999" in json.loads(await refused.read())["error"]
+            assert len(s.slurm.queue) == 1
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("config", "refused"),
+    [
+        ({"port_min": 1024, "port_max": 1025}, "outside the allowed ports"),
+        ({"services": {}}, "of a service not allowed here"),
+    ],
+)
+def test_only_jobs_this_login_node_would_start_are_reached(
+    tmp_path: Path, config: dict[str, Any], refused: str
+) -> None:
+    """A job on a port outside the range, or of a service not configured, is not forwarded to."""
+
+    async def scenario() -> None:
+        async with session(tmp_path, config) as s:
+            for path in (f"/jobs/{s.job_id}/http/echo", f"/jobs/{s.job_id}/probe?path=/echo"):
+                response = await s.client.request("GET", path)
+                assert response.status == 403
+                assert refused in json.loads(await response.read())["error"]
 
     run(scenario)
 
@@ -384,8 +424,8 @@ def test_a_job_that_breaks_off_resets_its_stream(tmp_path: Path) -> None:
         ("POST", "/slurm/submit", b"not json", 400, exits.BAD_DATA),
         ("POST", "/slurm/submit", b'{"service": "llama", "port": 20003, "token": "%s"}',
          403, exits.NOT_PERMITTED),
-        ("POST", "/slurm/submit", b'{"service": "testsvc", "port": 21000, "token": "%s"}',
-         403, exits.NOT_PERMITTED),
+        ("POST", "/slurm/submit", b'{"service": "testsvc", "port": 1000, "token": "%s"}',
+         400, exits.REFUSED),
         ("POST", "/slurm/submit", b'{"service": "testsvc x", "port": 20003, "token": "%s"}',
          400, exits.REFUSED),
         ("POST", "/slurm/submit", b'{"service": "testsvc", "port": "20003", "token": "%s"}',
@@ -395,11 +435,11 @@ def test_a_job_that_breaks_off_resets_its_stream(tmp_path: Path) -> None:
 def test_refused_requests_get_4xx_on_their_stream_only(
     tmp_path: Path, method: str, path: str, body: bytes, status: int, exit_code: int
 ) -> None:
-    """A refusal answers its stream with a status and the verb's exit code; the session goes on."""
+    """A refusal answers its stream with a status and its exit code; the session goes on."""
 
     async def scenario() -> None:
         async with session(tmp_path) as s:
-            payload = body.replace(b"%s", TOKEN.encode())
+            payload = body.replace(b"%s", b"fedcba9876543210")  # a token of no job yet
             refused = await s.client.request(method, path.format(job=s.job_id), body=payload)
             answer = json.loads(await refused.read())
             assert (refused.status, answer["exit_code"]) == (status, exit_code)

@@ -20,9 +20,7 @@ from saia.adapters.slurm_local import (
     LocalSlurmSettings,
     SlurmCommands,
     SubmissionUnconfirmed,
-    walltime_minutes,
 )
-from saia.adapters.slurm_parse import SQUEUE_FORMAT, SlurmParseError
 from saia.domain.slurm import SlurmState
 from saia.ports import (
     Slurm,
@@ -32,6 +30,7 @@ from saia.ports import (
     SubmissionRejected,
     SubmitRequest,
 )
+from saia.protocol.slurm import SQUEUE_FORMAT, walltime_minutes
 
 # One script for all three commands, dispatching on the name it was run by, like
 # submitit's fake. Jobs and a log of every call live in a JSON file; a test can
@@ -481,9 +480,9 @@ def test_squeue_error_with_exit_zero_is_not_an_empty_queue(
 
 
 def test_squeue_output_not_understood(slurm: LocalSlurm, cluster: FakeCluster) -> None:
-    """Output that is not the asked-for format raises SlurmParseError, not an empty list."""
+    """Output that is not the asked-for format raises SlurmError, not an empty list."""
     cluster.behave("squeue", exit=0, stdout="JOBID PARTITION NAME\n42 debug saia-chat\n")
-    with pytest.raises(SlurmParseError):
+    with pytest.raises(SlurmError, match="expected 9 fields"):
         slurm.jobs()
 
 

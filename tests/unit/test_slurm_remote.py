@@ -1,18 +1,18 @@
-"""RemoteSlurm over a fake link: what it sends, how it reads answers, how exit codes map."""
+"""RemoteSlurm over a fake session: what it sends, how it reads answers, how exit codes map."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import pytest
 
+from saia.adapters.control_session import Answer
 from saia.adapters.slurm_local import InvalidSubmission, SubmissionUnconfirmed
-from saia.adapters.slurm_remote import RemoteSlurm, parse_jobs, submit_command
-from saia.adapters.ssh_link import AnswerLost, Completed, LinkDown
+from saia.adapters.slurm_remote import RemoteSlurm, parse_jobs, submit_body
+from saia.adapters.ssh_link import AnswerLost, LinkDown
 from saia.domain.slurm import SlurmJob, SlurmState
-from saia.entrypoint import exits, grammar
-from saia.entrypoint.wire import job_line
 from saia.ports import (
     Slurm,
     SlurmError,
@@ -21,6 +21,8 @@ from saia.ports import (
     SubmissionRejected,
     SubmitRequest,
 )
+from saia.protocol import exits
+from saia.protocol.jobs import JobRecord, job_line
 
 TOKEN = "0123456789abcdef"
 REQUEST = SubmitRequest("llama", "vllm.sbatch", 20001, TOKEN, 3600.0)
@@ -30,41 +32,50 @@ RUNNING = SlurmJob(
 )  # fmt: skip
 PENDING = SlurmJob("18", "llama", "fedcba9876543210", 20002, SlurmState.PENDING, "Priority")
 
-Answer = Completed | Exception
+Reply = Answer | Exception
 
 
 @dataclass
-class FakeLink:
-    """Answers each command from a table, or with a function; remembers what was sent."""
+class FakeEntrypoint:
+    """Answers each request from a table, or with a function; remembers what was sent."""
 
-    answers: dict[str, Answer] = field(default_factory=dict)
-    answer: Callable[[str], Answer] | None = None
+    answers: dict[str, Reply] = field(default_factory=dict)
+    answer: Callable[[str], Reply] | None = None
     sent: list[tuple[str, bytes, float]] = field(default_factory=list)
 
-    def run(self, command: str, stdin: bytes = b"", *, timeout: float) -> Completed:
-        self.sent.append((command, stdin, timeout))
-        reply = self.answer(command) if self.answer else self.answers[command]
+    def call(self, method: str, path: str, body: bytes = b"", *, timeout: float) -> Answer:
+        request = f"{method} {path}"
+        self.sent.append((request, body, timeout))
+        reply = self.answer(request) if self.answer else self.answers[request]
         if isinstance(reply, Exception):
             raise reply
         return reply
 
 
-def ok(stdout: bytes = b"") -> Completed:
-    return Completed(exits.OK, stdout, b"")
+def line(job: SlurmJob) -> bytes:
+    return job_line(JobRecord(**{**asdict(job), "state": job.state.value}))
 
 
-def refused(code: int, reason: str) -> Completed:
-    return Completed(code, b"", f"saia-entrypoint: {reason}\n".encode())
+def ok(body: bytes = b"") -> Answer:
+    return Answer(exits.OK, body, "")
 
 
-def remote(**answers: Answer) -> tuple[RemoteSlurm, FakeLink]:
-    link = FakeLink(answers={command.replace("_", " "): a for command, a in answers.items()})
-    return RemoteSlurm(link, timeout=42.0), link
+def refused(code: int, reason: str) -> Answer:
+    return Answer(code, b"", reason)
 
 
-def submitting(answer: Answer) -> tuple[RemoteSlurm, FakeLink]:
-    link = FakeLink(answer=lambda command: answer)
-    return RemoteSlurm(link), link
+def remote(**answers: Reply) -> tuple[RemoteSlurm, FakeEntrypoint]:
+    entrypoint = FakeEntrypoint(answers=answers)
+    return RemoteSlurm(entrypoint, timeout=42.0), entrypoint
+
+
+JOBS = "GET /slurm/jobs"
+CANCEL_17 = "POST /slurm/cancel/17"
+
+
+def submitting(answer: Reply) -> tuple[RemoteSlurm, FakeEntrypoint]:
+    entrypoint = FakeEntrypoint(answer=lambda request: answer)
+    return RemoteSlurm(entrypoint), entrypoint
 
 
 # -- what is sent ------------------------------------------------------------------
@@ -72,23 +83,25 @@ def submitting(answer: Answer) -> tuple[RemoteSlurm, FakeLink]:
 
 def test_remote_slurm_is_a_slurm_port() -> None:
     """RemoteSlurm satisfies the Slurm Protocol the controller uses."""
-    slurm: Slurm = RemoteSlurm(FakeLink())
+    slurm: Slurm = RemoteSlurm(FakeEntrypoint())
     assert isinstance(slurm, RemoteSlurm)
 
 
 def test_submit_sends_service_port_and_token_but_not_script_or_walltime() -> None:
-    """submit sends the verb with service, port and token; the login node picks the script."""
-    slurm, link = submitting(ok(b"17\n"))
+    """submit sends service, port and token; the login node picks the script and time."""
+    slurm, entrypoint = submitting(ok(b"17\n"))
     assert slurm.submit(REQUEST) == "17"
-    assert link.sent == [(f"submit llama 20001 {TOKEN}", b"", 60.0)]
+    [(request, body, timeout)] = entrypoint.sent
+    assert (request, timeout) == ("POST /slurm/submit", 60.0)
+    assert json.loads(body) == {"service": "llama", "port": 20001, "token": TOKEN}
 
 
 def test_every_command_carries_the_configured_timeout() -> None:
-    """jobs and cancel are sent with the adapter's timeout and nothing on stdin."""
-    slurm, link = remote(jobs=ok(), cancel_17=ok())
+    """jobs and cancel are sent with the adapter's timeout and no body."""
+    slurm, entrypoint = remote(**{JOBS: ok(), CANCEL_17: ok()})
     slurm.jobs()
     slurm.cancel("17")
-    assert link.sent == [("jobs", b"", 42.0), ("cancel 17", b"", 42.0)]
+    assert entrypoint.sent == [(JOBS, b"", 42.0), (CANCEL_17, b"", 42.0)]
 
 
 @pytest.mark.parametrize(
@@ -105,26 +118,26 @@ def test_every_command_carries_the_configured_timeout() -> None:
         SubmitRequest("llama", "vllm.sbatch", 20001, TOKEN + " x", 60.0),
     ],
 )
-def test_arguments_the_grammar_would_refuse_are_never_sent(request_: SubmitRequest) -> None:
-    """A service, port or token outside the entrypoint's patterns is refused before sending."""
-    slurm, link = submitting(ok(b"17\n"))
+def test_arguments_the_entrypoint_would_refuse_are_never_sent(request_: SubmitRequest) -> None:
+    """A service, port or token outside the protocol's patterns is refused before sending."""
+    slurm, entrypoint = submitting(ok(b"17\n"))
     with pytest.raises(InvalidSubmission):
         slurm.submit(request_)
-    assert link.sent == []
+    assert entrypoint.sent == []
 
 
-def test_sent_submit_commands_parse_back_to_the_same_request() -> None:
-    """What submit_command builds, the entrypoint's grammar reads as the same submit."""
-    assert grammar.parse(submit_command(REQUEST)) == grammar.Submit("llama", 20001, TOKEN)
+def test_a_submit_body_holds_exactly_the_three_fields() -> None:
+    """The body names service, port and token, nothing else."""
+    assert json.loads(submit_body(REQUEST)) == {"service": "llama", "port": 20001, "token": TOKEN}
 
 
 @pytest.mark.parametrize("job_id", ["", "0", "17;id", "17 18", "17_1", "17.batch", "-1"])
 def test_cancel_refuses_anything_but_a_job_id(job_id: str) -> None:
     """cancel of something that is not a plain job number raises and sends nothing."""
-    slurm, link = remote()
+    slurm, entrypoint = remote()
     with pytest.raises(SlurmError):
         slurm.cancel(job_id)
-    assert link.sent == []
+    assert entrypoint.sent == []
 
 
 # -- reading answers ---------------------------------------------------------------
@@ -132,13 +145,13 @@ def test_cancel_refuses_anything_but_a_job_id(job_id: str) -> None:
 
 def test_jobs_reads_wire_lines_into_the_same_values() -> None:
     """Each line of the jobs answer becomes the SlurmJob the login node printed."""
-    slurm, _ = remote(jobs=ok(job_line(RUNNING) + job_line(PENDING)))
+    slurm, _ = remote(**{JOBS: ok(line(RUNNING) + line(PENDING))})
     assert slurm.jobs() == [RUNNING, PENDING]
 
 
 def test_an_empty_queue_is_no_jobs() -> None:
     """An empty jobs answer is an empty list."""
-    slurm, _ = remote(jobs=ok())
+    slurm, _ = remote(**{JOBS: ok()})
     assert slurm.jobs() == []
 
 
@@ -146,11 +159,12 @@ def test_an_empty_queue_is_no_jobs() -> None:
     "stdout",
     [
         b"not json\n",
-        job_line(RUNNING) + b"\n",  # a blank line
-        job_line(RUNNING)[:-20] + b"\n",
-        job_line(RUNNING)[:-1],  # cut short: no final newline
-        job_line(RUNNING).replace(b'"RUNNING"', b'"SLEEPING"'),
-        job_line(RUNNING).replace(b'"port":20001', b'"port":"20001"'),
+        line(RUNNING) + b"\n",  # a blank line
+        line(RUNNING)[:-20] + b"\n",
+        line(RUNNING)[:-1],  # cut short: no final newline
+        line(RUNNING).replace(b'"RUNNING"', b'"SLEEPING"'),
+        line(RUNNING).replace(b'"port":20001', b'"port":"20001"'),
+        line(RUNNING).replace(b'"job_id"', b'"extra":1,"job_id"'),
         b'{"job_id":"17"}\n',
         b"[]\n",
         b"\xff\xfe\n",
@@ -186,12 +200,12 @@ def test_submit_without_a_job_id_is_unconfirmed(stdout: bytes) -> None:
         (refused(exits.UNAVAILABLE, "sbatch refused the job: invalid partition"),
          SubmissionRejected),
         (refused(exits.NOT_PERMITTED, "service 'llama' is not configured here"), SlurmError),
-        (refused(exits.REFUSED, "submit takes 3 arguments, not 2"), SlurmError),
+        (refused(exits.REFUSED, "port '1' is not a number from 1024 to 65535"), SlurmError),
         (refused(exits.BAD_DATA, "command contains control characters"), SlurmError),
         (refused(exits.CONFIG, "/etc/saia.toml: field 'port_min': not an integer"), SlurmError),
     ],
 )  # fmt: skip
-def test_submit_failures_map_onto_the_ports_errors(answer: Answer, error: type[Exception]) -> None:
+def test_submit_failures_map_onto_the_ports_errors(answer: Reply, error: type[Exception]) -> None:
     """Each way a submit can fail raises the port's error the controller expects for it."""
     slurm, _ = submitting(answer)
     with pytest.raises(SlurmError) as raised:
@@ -209,15 +223,15 @@ def test_only_a_refused_submit_is_a_rejection() -> None:
 
 
 def test_refusals_carry_the_entrypoints_reason() -> None:
-    """The error names the verb, the exit code and the entrypoint's message, without its prefix."""
+    """The error names the operation, the exit code and the entrypoint's reason."""
     slurm, _ = submitting(refused(exits.NOT_PERMITTED, "port 20001 belongs to saia job 9"))
-    with pytest.raises(SlurmError, match=r"^submit exited 77: port 20001 belongs to saia job 9$"):
+    with pytest.raises(SlurmError, match=r"^submit exit 77: port 20001 belongs to saia job 9$"):
         slurm.submit(REQUEST)
 
 
 def test_a_misconfigured_login_node_says_so() -> None:
     """Exit 78 is reported as the login node's misconfiguration, with the file and field."""
-    slurm, _ = remote(jobs=refused(exits.CONFIG, "/etc/saia.toml: field 'state_dir': missing"))
+    slurm, _ = remote(**{JOBS: refused(exits.CONFIG, "/etc/saia.toml: field 'state_dir': missing")})
     with pytest.raises(SlurmError, match=r"login node misconfigured .*field 'state_dir'"):
         slurm.jobs()
 
@@ -230,12 +244,12 @@ def test_a_misconfigured_login_node_says_so() -> None:
         (refused(exits.TEMPORARY, "Slurm did not answer: squeue timed out"), SlurmUnavailable),
         (refused(exits.CONFIG, "bad config"), SlurmError),
         (refused(exits.SOFTWARE, "internal error (KeyError)"), SlurmError),
-        (refused(exits.REFUSED, "unknown verb 'jobs'"), SlurmError),
+        (refused(exits.REFUSED, "no such path in a session"), SlurmError),
     ],
 )
-def test_jobs_failures_map_onto_the_ports_errors(answer: Answer, error: type[Exception]) -> None:
+def test_jobs_failures_map_onto_the_ports_errors(answer: Reply, error: type[Exception]) -> None:
     """A failed jobs is unavailable when it may pass, a plain SlurmError when it will not."""
-    slurm, _ = remote(jobs=answer)
+    slurm, _ = remote(**{JOBS: answer})
     with pytest.raises(SlurmError) as raised:
         slurm.jobs()
     assert type(raised.value) is error
@@ -251,9 +265,9 @@ def test_jobs_failures_map_onto_the_ports_errors(answer: Answer, error: type[Exc
         (refused(exits.SOFTWARE, "internal error (KeyError)"), SlurmError),
     ],
 )
-def test_cancel_failures_map_onto_the_ports_errors(answer: Answer, error: type[Exception]) -> None:
+def test_cancel_failures_map_onto_the_ports_errors(answer: Reply, error: type[Exception]) -> None:
     """A cancel whose outcome is unknown is a SlurmTimeout; nothing sent is SlurmUnavailable."""
-    slurm, _ = remote(cancel_17=answer)
+    slurm, _ = remote(**{CANCEL_17: answer})
     with pytest.raises(SlurmError) as raised:
         slurm.cancel("17")
     assert type(raised.value) is error
@@ -261,11 +275,11 @@ def test_cancel_failures_map_onto_the_ports_errors(answer: Answer, error: type[E
 
 def test_cancelling_a_job_the_login_node_does_not_list_is_done() -> None:
     """77 on cancel means no such saia job is left: cancelling is idempotent, as locally."""
-    slurm, _ = remote(cancel_17=refused(exits.NOT_PERMITTED, "job 17 is not one of saia's jobs"))
+    slurm, _ = remote(**{CANCEL_17: refused(exits.NOT_PERMITTED, "job 17 is not saia's")})
     slurm.cancel("17")
 
 
 def test_timeout_must_be_positive() -> None:
     """A zero or negative timeout is a configuration error."""
     with pytest.raises(ValueError, match="timeout"):
-        RemoteSlurm(FakeLink(), timeout=0)
+        RemoteSlurm(FakeEntrypoint(), timeout=0)

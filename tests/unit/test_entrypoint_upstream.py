@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import h11
 import pytest
 
-from saia.entrypoint.session_upstream import (
+from saia.entrypoint.upstream import (
     UpstreamError,
     UpstreamPool,
     UpstreamTimeout,

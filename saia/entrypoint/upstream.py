@@ -1,11 +1,12 @@
-"""Kept HTTP/1.1 connections from a session to saia's jobs: h11 on asyncio streams.
+"""The entrypoint's one HTTP/1.1 client to saia's jobs: h11 on asyncio streams, kept connections.
 
-A session forwards many small requests to the same few jobs, so connections
-are kept open and reused (one request at a time each, as HTTP/1.1 has it).
-httpx's pooled AsyncClient does the same, but it was measured here at 0.52 ms
-of CPU per request against 0.15 ms for h11 on asyncio streams, on a login
-node that has 2 ms in all for each request (BENCHMARKS.md, "Session"); h11 is
-the parser httpx uses underneath, and the one relay.py uses.
+Sessions, probes and legacy requests all reach jobs through it. A session
+forwards many small requests to the same few jobs, so connections are kept
+open and reused (one request at a time each, as HTTP/1.1 has it). httpx's
+pooled AsyncClient does the same, but it was measured here at 0.52 ms of CPU
+per request against 0.15 ms for h11 on asyncio streams, on a login node that
+has 2 ms in all for each request (BENCHMARKS.md, "Session"); h11 is the parser
+httpx uses underneath.
 
 Idle connections are dropped after IDLE_SECONDS, before uvicorn's own
 keep-alive timeout (5 s, also vLLM's) closes them under a reused request. An
@@ -67,6 +68,8 @@ class UpstreamResponse:
         self, pool: UpstreamPool, key: tuple[str, int], connection: _Connection, head: h11.Response
     ) -> None:
         self.status = head.status_code
+        self.reason = bytes(head.reason)
+        self.http_version = bytes(head.http_version)
         self.headers: list[Header] = [(bytes(n), bytes(v)) for n, v in head.headers.raw_items()]
         self._pool = pool
         self._key = key

@@ -1,24 +1,23 @@
-"""What Slurm's commands print, read into SlurmJob values: pure functions, no I/O.
+"""How saia's jobs look in Slurm, and what Slurm's commands print: pure functions, no I/O.
 
-The parsers follow recorded real output (tests/data/slurm). Whatever they do
-not understand raises SlurmParseError carrying the offending line; nothing is
-guessed. Only saia's jobs are read in full: a row whose job name does not start
-with ``saia-`` belongs to someone else and is skipped after its job id is
-checked, so a stranger's odd job never blinds saia.
+A saia job is named ``saia-<service>`` and carries ``saia:<token>:<port>`` as
+its comment, so that both the login node and the hub find it again in the
+queue. The parsers follow recorded real output (tests/data/slurm). Whatever
+they do not understand raises SlurmParseError carrying the offending line;
+nothing is guessed. Only saia's jobs are read in full: a row whose job name
+does not start with ``saia-`` belongs to someone else and is skipped after its
+job id is checked, so a stranger's odd job never blinds saia.
 """
 
 from __future__ import annotations
 
-import logging
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 
-from saia.domain.slurm import SlurmJob, SlurmState
-from saia.domain.spec import SERVICE_ID
-from saia.ports import SlurmError
-
-log = logging.getLogger(__name__)
+from saia.protocol.ids import SERVICE_ID
+from saia.protocol.jobs import STATES, JobRecord
 
 # job id | name | comment | state | reason | batch host | time used | time limit | start time
 SQUEUE_FORMAT = "%i|%j|%k|%T|%r|%B|%M|%l|%S"
@@ -55,7 +54,66 @@ _NO_REASON = frozenset({"", "None"})
 _MAX_SHOWN = 300
 
 
-class SlurmParseError(SlurmError):
+# What Slurm's client commands print when the controller does not answer
+# (recorded: "Unable to contact slurm controller (connect failure)", after about 9 s).
+UNREACHABLE = (
+    "Unable to contact slurm controller",
+    "Connection refused",
+    "Zero Bytes were transmitted or received",
+    "Communication connection failure",
+    "backup controller in standby mode",
+)
+# Slurm's own RPC timed out: the controller may still have acted on the request.
+RPC_TIMEOUT = "Socket timed out"
+# scancel's answers for a job that is already gone: cancelling is idempotent.
+ALREADY_GONE = ("Invalid job id specified", "already completing or completed")
+# Variables that change what squeue prints or which jobs it shows (SQUEUE_PARTITION
+# would hide jobs, SLURM_TIME_FORMAT change the time format, SLURM_CLUSTERS add
+# header lines), and scancel's (SCANCEL_INTERACTIVE would ask on stdin).
+SQUEUE_VARIABLES = ("SQUEUE_", "SLURM_TIME_FORMAT", "SLURM_CLUSTERS")
+SCANCEL_VARIABLES = ("SCANCEL_", "SLURM_CLUSTERS")
+# How saia finds its jobs again and reads sbatch's answer: not the operator's to change.
+SAIAS_OPTIONS = ("-J", "--job-name", "--comment", "--parsable")
+
+
+def squeue_options(user: str | None) -> list[str]:
+    """squeue's options for saia's listing (of ``user``'s jobs, or everyone's with None)."""
+    return [
+        "--noheader",
+        "--all",  # hidden partitions too
+        # Finished jobs too (for MinJobAge): an ended job then shows its final
+        # state (CANCELLED, TIMEOUT, FAILED) instead of vanishing as if lost.
+        "--states=all",
+        f"--format={SQUEUE_FORMAT}",
+        *([] if user is None else [f"--user={user}"]),
+    ]
+
+
+def identity_options(service: str, token: str, port: int, walltime: float) -> list[str]:
+    """sbatch's options that make a job saia's: its name, its comment and its time."""
+    return [
+        "--parsable",
+        f"--job-name={JOB_NAME_PREFIX}{service}",
+        f"--comment=saia:{token}:{port}",
+        f"--time={walltime_minutes(walltime)}",
+    ]
+
+
+def walltime_minutes(seconds: float) -> int:
+    """Whole minutes for sbatch --time, rounded up: a job never gets less than asked."""
+    return max(1, math.ceil(seconds / 60))
+
+
+def failure(stderr: str) -> str | None:
+    """Why Slurm did not answer, by a failed command's stderr: "timeout", "unreachable", None."""
+    if RPC_TIMEOUT in stderr:
+        return "timeout"
+    if any(marker in stderr for marker in UNREACHABLE):
+        return "unreachable"
+    return None
+
+
+class SlurmParseError(ValueError):
     """Slurm printed something saia does not understand; ``line`` is what it printed."""
 
     def __init__(self, problem: str, line: str) -> None:
@@ -65,7 +123,7 @@ class SlurmParseError(SlurmError):
         self.line = line
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class MalformedJob:
     """A row named like a saia job that saia cannot have submitted as it stands."""
 
@@ -74,35 +132,26 @@ class MalformedJob:
     problem: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class SqueueListing:
-    jobs: list[SlurmJob]
+    jobs: list[JobRecord]
+    # Named saia-* but with a comment that is not saia:<token>:<port> (or a name that
+    # is no service id, or an array or heterogeneous job, which saia never submits):
+    # nothing saia submitted, yet someone named it like saia's. An operator should hear.
     malformed: list[MalformedJob]
 
 
-def parse_squeue(text: str, tz: tzinfo) -> list[SlurmJob]:
-    """saia's jobs in the output of ``squeue -h -o SQUEUE_FORMAT``.
-
-    Other users' jobs are skipped silently. A job named ``saia-*`` whose comment is
-    not ``saia:<token>:<port>`` (or whose name is no service id, or which is an
-    array or heterogeneous job, which saia never submits) is logged as a warning
-    and skipped: it cannot be matched to anything saia submitted, yet someone
-    named it like saia's, which an operator should hear about. Callers that need
-    those rows as data use read_squeue.
-    """
-    listing = read_squeue(text, tz)
-    for odd in listing.malformed:
-        log.warning("job %s is named like saia's but %s: %r", odd.job_id, odd.problem, odd.line)
-    return listing.jobs
-
-
 def read_squeue(text: str, tz: tzinfo) -> SqueueListing:
-    """saia's jobs and the malformed saia-named rows; start times are read in ``tz``."""
-    jobs: list[SlurmJob] = []
+    """saia's jobs in ``squeue --format=SQUEUE_FORMAT``'s output, start times read in ``tz``.
+
+    Other users' jobs are skipped silently; saia-named rows saia cannot have
+    submitted are returned apart, as ``malformed``.
+    """
+    jobs: list[JobRecord] = []
     malformed: list[MalformedJob] = []
     for line in _lines(text):
         row = _parse_row(line, tz)
-        if isinstance(row, SlurmJob):
+        if isinstance(row, JobRecord):
             jobs.append(row)
         elif row is not None:
             malformed.append(row)
@@ -118,7 +167,7 @@ def _lines(text: str) -> list[str]:
     return lines
 
 
-def _parse_row(line: str, tz: tzinfo) -> SlurmJob | MalformedJob | None:
+def _parse_row(line: str, tz: tzinfo) -> JobRecord | MalformedJob | None:
     fields = line.split("|")
     if len(fields) < FIELD_COUNT:
         raise SlurmParseError(f"expected {FIELD_COUNT} fields, got {len(fields)}", line)
@@ -129,7 +178,7 @@ def _parse_row(line: str, tz: tzinfo) -> SlurmJob | MalformedJob | None:
         return None  # another user's job
     # A saia job's name and comment never hold a '|' (service ids and comments are
     # plain), so in a saia row any extra separator belongs to the free-text reason.
-    service = name.removeprefix(JOB_NAME_PREFIX)
+    service = name[len(JOB_NAME_PREFIX) :]
     problem = ""
     identity = _COMMENT.fullmatch(comment)
     if not SERVICE_ID.fullmatch(service):
@@ -144,27 +193,21 @@ def _parse_row(line: str, tz: tzinfo) -> SlurmJob | MalformedJob | None:
         return MalformedJob(job_id, line, problem)
     reason = "|".join(fields[4:-TAIL_FIELDS])
     host, used, limit, start = fields[-TAIL_FIELDS:]
-    slurm_state = _state(state, line)
-    return SlurmJob(
+    if state not in STATES:
+        raise SlurmParseError(f"unknown job state {state!r}", line)
+    return JobRecord(
         job_id=job_id,
         service=service,
         token=identity.group(1),
         port=int(identity.group(2)),
-        state=slurm_state,
+        state=state,
         reason="" if reason in _NO_REASON else reason,
         batch_host="" if host in _NO_HOST else host,
         time_used=_time_used(used, line),
         time_limit=_duration(limit, line),
         # For a pending job squeue prints the scheduler's estimate, not a start.
-        start_time=None if slurm_state is SlurmState.PENDING else _start(start, tz, line),
+        start_time=None if state == "PENDING" else _start(start, tz, line),
     )
-
-
-def _state(text: str, line: str) -> SlurmState:
-    try:
-        return SlurmState(text)
-    except ValueError:
-        raise SlurmParseError(f"unknown job state {text!r}", line) from None
 
 
 def _time_used(text: str, line: str) -> float:
