@@ -66,6 +66,8 @@ def ssh_link(ssh: SshSettings, hub: Hub) -> SshLink:
             key_file=ssh.key_file,
             known_hosts_file=ssh.known_hosts_file,
             keepalive_interval=ssh.keepalive_interval,
+            ssh_config=ssh.ssh_config,
+            jump_host=ssh.jump_host,
         ),
         on_change=record,
     )

@@ -16,6 +16,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+import paramiko
+
 from saia.adapters.store import PostgresStore, SqliteStore, StoreSettings
 from saia.domain.errors import InvalidSpec
 from saia.domain.reconcile import UnknownJobPolicy
@@ -62,16 +64,20 @@ class Placement(StrEnum):
 class SshSettings:
     """The hub's one SSH connection to the login node's forced-command key."""
 
-    host: str
-    user: str
-    key_file: Path
-    known_hosts_file: Path
-    port: int = 22
+    host: str  # a name, an address, or a Host alias of ssh_config
+    user: str | None  # None: ssh_config's User
+    key_file: Path | None  # None: ssh_config's IdentityFile
+    known_hosts_file: Path  # for the login node and every jump host
+    port: int | None = 22  # None: ssh_config's Port, else 22
     keepalive_interval: float = 15.0
+    ssh_config: Path | None = None  # the operator's, for aliases and jump hosts
+    jump_host: str = ""  # "[user@]host[:port]", as ssh -J; wins over ssh_config's ProxyJump
 
     @property
     def target(self) -> str:
-        return f"{self.user}@{self.host}:{self.port}"
+        user = f"{self.user}@" if self.user else ""
+        port = f":{self.port}" if self.port else ""
+        return f"{user}{self.host}{port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,24 +151,63 @@ def _ssh(path: Path, data: Mapping[str, Any]) -> SshSettings:
     _only(
         path,
         data,
-        {"host", "port", "user", "key_file", "known_hosts_file", "keepalive_interval"},
+        {"host", "port", "user", "key_file", "known_hosts_file", "keepalive_interval",
+         "ssh_config", "jump_host"},
         "ssh",
-    )
-    for required in ("host", "user", "key_file", "known_hosts_file"):
+    )  # fmt: skip
+    for required in ("host", "known_hosts_file"):
         if required not in data:
             raise ConfigError(path, "missing", field=f"ssh.{required}")
-    port = _port(path, data, 22, "ssh")
+    host = _str(path, data, "host", "", "ssh")
+    ssh_config, options = _ssh_config(path, data, host)
+    # As with ssh, what ssh_config says for the host fills in what this table leaves out.
+    for required, option in (("user", "User"), ("key_file", "IdentityFile")):
+        if required not in data and option.lower() not in options:
+            where = f", and {ssh_config} has no {option} for Host {host}" if ssh_config else ""
+            raise ConfigError(path, f"missing{where}", field=f"ssh.{required}")
+    port = _port(path, data, 22, "ssh") if "port" in data or ssh_config is None else None
     interval = data.get("keepalive_interval", 15.0)
     if not isinstance(interval, int | float) or isinstance(interval, bool) or interval <= 0:
         raise ConfigError(path, "must be a positive number", field="ssh.keepalive_interval")
+    jump_host = _str(path, data, "jump_host", "", "ssh")
+    if "jump_host" in data and not jump_host.strip():
+        raise ConfigError(path, "must be [user@]host[:port], not empty", field="ssh.jump_host")
+    key_file = _str(path, data, "key_file", "", "ssh")
     return SshSettings(
-        host=_str(path, data, "host", "", "ssh"),
-        user=_str(path, data, "user", "", "ssh"),
-        key_file=_relative_to(path, _str(path, data, "key_file", "", "ssh")),
+        host=host,
+        user=_str(path, data, "user", "", "ssh") or None,
+        key_file=_relative_to(path, key_file) if key_file else None,
         known_hosts_file=_relative_to(path, _str(path, data, "known_hosts_file", "", "ssh")),
         port=port,
         keepalive_interval=float(interval),
+        ssh_config=ssh_config,
+        jump_host=jump_host,
     )
+
+
+def _ssh_config(
+    path: Path, data: Mapping[str, Any], host: str
+) -> tuple[Path | None, Mapping[str, Any]]:
+    """The ssh_config file, if set, and what it says for ``host``; read now to fail early."""
+    if "ssh_config" not in data:
+        return None, {}
+    file = _relative_to(path, _str(path, data, "ssh_config", "", "ssh"))
+    try:
+        options = paramiko.SSHConfig.from_path(file).lookup(host)
+    except OSError as error:
+        raise ConfigError(
+            path, f"cannot read {file}: {error.strerror}", field="ssh.ssh_config"
+        ) from None
+    except paramiko.SSHException as error:
+        raise ConfigError(path, f"{file}: {error}", field="ssh.ssh_config") from None
+    if "proxycommand" in options:
+        # Its ssh would check the next host's key against its own known_hosts.
+        raise ConfigError(
+            path,
+            f"{file} gives Host {host} a ProxyCommand, which saia does not run: use ProxyJump",
+            field="ssh.ssh_config",
+        )
+    return file, options
 
 
 def services_from(path: Path | str, raw: list[Any]) -> tuple[ServiceSpec, ...]:

@@ -16,20 +16,28 @@ connected, the host key known, authenticated, and the entrypoint answering
 opens a channel and closes it again: a round trip to sshd that starts no
 process on the login node. The first outcome is always reported.
 
-The server's host key must be in the known_hosts file under ``host`` (or
-``[host]:port``); an unknown or changed key is refused, never added.
+The connection is opened with fabric's Connection, so that the operator's
+ssh_config (Host aliases, HostName, Port, User, IdentityFile, ProxyJump) is
+read as ssh reads it, and login nodes behind jump hosts are reached; the
+commands then run on the login node's paramiko Transport, as before. Every
+server's host key, jump hosts' too, must be in the known_hosts file under its
+``host`` (or ``[host]:port``); an unknown or changed key is refused, never added.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import fabric
 import paramiko
 from paramiko.hostkeys import InvalidHostKey
 from paramiko.pkey import UnknownKeyType
@@ -60,16 +68,20 @@ class HostKeyRefused(LinkError):
 
 @dataclass(frozen=True, slots=True)
 class SshLinkSettings:
-    host: str
-    port: int
-    user: str
-    key_file: Path  # the hub's private key, without a passphrase
-    known_hosts_file: Path
+    host: str  # a name, an address, or a Host alias of ssh_config
+    port: int | None  # None: ssh_config's Port, else 22
+    user: str | None  # None: ssh_config's User, else the local user
+    key_file: Path | None  # the hub's private key, without a passphrase; None: IdentityFile only
+    known_hosts_file: Path  # checked for the login node and every jump host
     connect_timeout: float = 10.0  # TCP connect, SSH handshake and authentication, each
     keepalive_interval: float = 15.0  # seconds between checks of the connection
     keepalive_timeout: float = 10.0  # a keep-alive slower than this counts as down
     backoff_base: float = 1.0  # wait after the first failed reconnection; doubles each time
     backoff_max: float = 60.0
+    # The operator's ssh_config: Host aliases, HostName, Port, User, IdentityFile and
+    # ProxyJump are honoured; settings given here win over it, as ssh's options do.
+    ssh_config: Path | None = None
+    jump_host: str = ""  # "[user@]host[:port]" to go through, as ``ssh -J``; wins over ProxyJump
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,76 +266,167 @@ class SshLink:
             raise LinkError(f"keep-alive answered exit {answer.exit_code}: {said}")
 
     def _open(self) -> paramiko.Transport:
-        """A new transport: connected, host key checked, authenticated, answering keep-alive."""
+        """A new transport: connected, host keys checked, authenticated, answering keep-alive."""
         settings = self.settings
-        # Read at every connection, so that a fixed known_hosts needs no restart.
+        # Read at every connection, so that a fixed key, known_hosts or ssh_config needs
+        # no restart. The key is read here only for a clear error; paramiko reads it again.
+        if settings.key_file is not None:
+            try:
+                paramiko.PKey.from_path(settings.key_file)
+            except (OSError, ValueError, paramiko.SSHException, UnknownKeyType) as error:
+                raise LinkError(f"cannot read the key {settings.key_file}: {_why(error)}") from None
+        hops = self._hops()
         try:
-            key = paramiko.PKey.from_path(settings.key_file)
-        except (OSError, ValueError, paramiko.SSHException, UnknownKeyType) as error:
-            raise LinkError(f"cannot read the key {settings.key_file}: {_why(error)}") from None
-        try:
-            known = paramiko.HostKeys(settings.known_hosts_file)
-        except (OSError, InvalidHostKey) as error:
-            where = settings.known_hosts_file
-            raise LinkError(f"cannot read known_hosts {where}: {_why(error)}") from None
-        known_keys = known.lookup(self._known_hosts_name())
-        if not known_keys:
-            raise HostKeyRefused(
-                f"no host key for {self._known_hosts_name()} in {settings.known_hosts_file}"
-            )
-        try:
-            sock = socket.create_connection(
-                (settings.host, settings.port), timeout=settings.connect_timeout
-            )
-        except OSError as error:
-            raise LinkError(f"cannot connect: {error.strerror or error}") from None
-        # Without it, each small command waits for Nagle and delayed ACKs: 48 ms, not 5 ms.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport = paramiko.Transport(sock)
-        try:
-            self._handshake(transport, known_keys, key)
+            for hop in hops:
+                self._connect(hop)
+            transport: paramiko.Transport = hops[-1].transport
+            self._heartbeat(transport)
         except LinkError:
-            transport.close()
+            _close_all(hops)
             raise
         except (paramiko.SSHException, OSError, EOFError) as error:
-            transport.close()
+            _close_all(hops)
             raise LinkError(f"SSH handshake failed: {_why(error)}") from None
         return transport
 
-    def _handshake(
-        self, transport: paramiko.Transport, known: Mapping[str, paramiko.PKey], key: paramiko.PKey
-    ) -> None:
+    def _hops(self) -> list[fabric.Connection]:
+        """The connections to make, the hub's first: jump hosts, then the login node."""
         settings = self.settings
-        transport.banner_timeout = settings.connect_timeout
-        transport.handshake_timeout = settings.connect_timeout
-        transport.auth_timeout = settings.connect_timeout
-        # Ask for the key types known_hosts holds, or the server may show another one
-        # of its keys and be refused although it is the right host.
-        options = transport.get_security_options()
-        options.key_types = [
-            *(kind for kind in options.key_types if kind in known),
-            *(kind for kind in options.key_types if kind not in known),
-        ]
-        transport.start_client(timeout=settings.connect_timeout)
-        offered = transport.get_remote_server_key()
-        expected = known.get(offered.get_name())
-        if expected is None or expected != offered:
-            changed = "an unknown" if expected is None else "a changed"
-            raise HostKeyRefused(
-                f"{changed} {offered.get_name()} host key for {self._known_hosts_name()} "
-                f"(not the one in {settings.known_hosts_file})"
+        # Without an ssh_config of its own the hub reads none: not root's ~/.ssh/config,
+        # nor /etc/ssh/ssh_config, nor fabric's or invoke's files (lazy).
+        ssh_config = paramiko.SSHConfig()
+        if settings.ssh_config is not None:
+            try:
+                ssh_config = paramiko.SSHConfig.from_path(settings.ssh_config)
+            except (OSError, paramiko.SSHException) as error:
+                where = settings.ssh_config
+                raise LinkError(f"cannot read ssh_config {where}: {_why(error)}") from None
+        timeout = settings.connect_timeout
+        options: dict[str, object] = {
+            "look_for_keys": False,  # only key_file and IdentityFile; never ~/.ssh/id_*
+            "allow_agent": False,  # nor an agent's keys: the hub has one identity
+            "banner_timeout": timeout,
+            "auth_timeout": timeout,
+            "channel_timeout": timeout,  # opening a jump host's direct-tcpip channel
+        }
+        if settings.key_file is not None:
+            options["key_filename"] = [str(settings.key_file)]
+        # Jump hosts made from ProxyJump get a clone of this config: they use the same
+        # key, timeouts and (their own Host blocks in) ssh_config.
+        config = fabric.Config(
+            ssh_config=ssh_config,
+            lazy=True,
+            overrides={
+                "connect_kwargs": options,
+                # fabric makes an int of it, and 0 would mean no timeout at all.
+                "timeouts": {"connect": max(1, math.ceil(timeout))},
+            },
+        )
+        jump = (
+            fabric.Connection(settings.jump_host, config=config.clone())
+            if settings.jump_host
+            else None
+        )
+        login = fabric.Connection(
+            settings.host, user=settings.user, port=settings.port, config=config, gateway=jump
+        )
+        hops = [login]
+        while isinstance(hops[-1].gateway, fabric.Connection):
+            hops.append(hops[-1].gateway)
+        if hops[-1].gateway:
+            # ProxyCommand runs an ssh of its own, which checks the next host's key
+            # against its own known_hosts, not against known_hosts_file.
+            raise LinkError(
+                f"ssh_config {settings.ssh_config} gives {hops[-1].original_host} a ProxyCommand, "
+                "which saia does not run: use ProxyJump"
             )
-        transport.auth_publickey(settings.user, key)
-        # Also keeps NAT and firewall state alive between commands.
-        transport.set_keepalive(max(1, int(settings.keepalive_interval)))
-        self._heartbeat(transport)
+        hops.reverse()
+        if len(hops) > 1:
+            login.connect_kwargs["transport_factory"] = functools.partial(
+                _ThroughJumpHosts, jump_hosts=[hop.client for hop in hops[:-1]]
+            )
+        return hops
 
-    def _known_hosts_name(self) -> str:
-        host, port = self.settings.host, self.settings.port
-        return host if port == 22 else f"[{host}]:{port}"
+    def _connect(self, hop: fabric.Connection) -> None:
+        """Connects one hop (through the ones before it), its host key checked."""
+        settings = self.settings
+        name = _known_hosts_name(hop.host, hop.port)
+        client: paramiko.SSHClient = hop.client
+        # fabric's client adds unknown keys (AutoAddPolicy): refuse them instead. The
+        # "system" host keys are never written back to the file, unlike load_host_keys.
+        client.set_missing_host_key_policy(_Refuse(settings.known_hosts_file))
+        try:
+            client.load_system_host_keys(str(settings.known_hosts_file))
+        except (OSError, InvalidHostKey) as error:
+            where = settings.known_hosts_file
+            raise LinkError(f"cannot read known_hosts {where}: {_why(error)}") from None
+        # paramiko asks the server for the key type known_hosts holds for `name`, so a
+        # host with several keys is not refused for showing another one.
+        try:
+            hop.open()
+        except paramiko.BadHostKeyException as error:
+            offered = error.key.get_name()
+            changed = "a changed" if error.expected_key.get_name() == offered else "an unknown"
+            raise HostKeyRefused(
+                f"{changed} {offered} host key for {name} "
+                f"(not the one in {settings.known_hosts_file})"
+            ) from None
+        except OSError as error:  # refused, unreachable, timed out (SSHException is none)
+            raise LinkError(f"cannot connect to {name}: {error.strerror or _why(error)}") from None
+        transport: paramiko.Transport = hop.transport
+        if isinstance(transport.sock, socket.socket):
+            # Without it, each small command waits for Nagle and delayed ACKs: 48 ms, not
+            # 5 ms. A hop behind a jump host has a paramiko Channel for a socket: its bytes
+            # ride the first hop's TCP connection (set here), and the jump host's sshd owns
+            # the TCP connection onwards, and its options.
+            transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Also keeps NAT and firewall state alive between commands, on every hop.
+        transport.set_keepalive(max(1, int(settings.keepalive_interval)))
 
     def _where(self) -> str:
-        return f"{self.settings.user}@{self.settings.host}:{self.settings.port}"
+        user, port = self.settings.user, self.settings.port
+        return f"{user + '@' if user else ''}{self.settings.host}{f':{port}' if port else ''}"
+
+
+class _Refuse(paramiko.MissingHostKeyPolicy):
+    """A host that known_hosts has no key for is refused (paramiko's policies add or warn)."""
+
+    def __init__(self, known_hosts_file: Path) -> None:
+        self.known_hosts_file = known_hosts_file
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        raise HostKeyRefused(f"no host key for {hostname} in {self.known_hosts_file}")
+
+
+class _ThroughJumpHosts(paramiko.Transport):
+    """The login node's transport behind jump hosts; closing it closes theirs too.
+
+    SshLink closes the one transport it uses; without this the jump hosts'
+    connections, idle, would outlive it, one more after each reconnection.
+    """
+
+    def __init__(
+        self, sock: paramiko.Channel, *, jump_hosts: Sequence[paramiko.SSHClient], **kwargs: Any
+    ) -> None:
+        super().__init__(sock, **kwargs)
+        self._jump_hosts = jump_hosts
+
+    def close(self) -> None:
+        super().close()
+        for client in self._jump_hosts:
+            client.close()
+
+
+def _close_all(hops: Sequence[fabric.Connection]) -> None:
+    # The client, not the Connection: fabric closes only a hop that finished connecting.
+    for hop in reversed(hops):
+        hop.client.close()
+
+
+def _known_hosts_name(host: str, port: int) -> str:
+    return host if port == 22 else f"[{host}]:{port}"
 
 
 def _execute(

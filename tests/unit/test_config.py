@@ -71,6 +71,48 @@ def test_hub_placement_is_the_default_and_needs_ssh(tmp_path: Path) -> None:
     assert (cfg.ssh.target, cfg.ssh.key_file) == ("saia@login1:2222", tmp_path / "k")
 
 
+SSH_CONFIG = """
+Host login
+    HostName login1.cluster.example
+    Port 2200
+    User saia
+    IdentityFile /etc/saia/hub_key
+    ProxyJump bastion.example
+Host old
+    ProxyCommand ssh -W %h:%p bastion.example
+"""
+
+
+def test_ssh_config_fills_in_what_the_ssh_table_leaves_out(tmp_path: Path) -> None:
+    """With ssh_config, user, key_file and port may come from its Host block instead."""
+    (tmp_path / "ssh_config").write_text(SSH_CONFIG)
+    cfg = load(write(tmp_path, '[ssh]\nhost = "login"\nknown_hosts_file = "kh"\n'
+                               'ssh_config = "ssh_config"\n'))  # fmt: skip
+    assert cfg.ssh is not None
+    assert (cfg.ssh.user, cfg.ssh.key_file, cfg.ssh.port) == (None, None, None)
+    assert (cfg.ssh.ssh_config, cfg.ssh.target) == (tmp_path / "ssh_config", "login")
+
+
+@pytest.mark.parametrize(
+    ("table", "field", "problem"),
+    [
+        ('host = "elsewhere"\nkey_file = "k"\n', "ssh.user", "has no User for Host elsewhere"),
+        ('host = "elsewhere"\nuser = "u"\n', "ssh.key_file", "has no IdentityFile"),
+        ('host = "old"\nuser = "u"\nkey_file = "k"\n', "ssh.ssh_config", "use ProxyJump"),
+    ],
+)
+def test_ssh_config_errors_name_the_field_and_the_file(
+    tmp_path: Path, table: str, field: str, problem: str
+) -> None:
+    """A Host block without User or IdentityFile, or with ProxyCommand, is refused at load."""
+    (tmp_path / "ssh_config").write_text(SSH_CONFIG)
+    text = f'[ssh]\n{table}known_hosts_file = "kh"\nssh_config = "ssh_config"\n'
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, text))
+    assert caught.value.field == field
+    assert problem in str(caught.value) and str(tmp_path / "ssh_config") in str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("text", "service", "field"),
     [
@@ -82,6 +124,10 @@ def test_hub_placement_is_the_default_and_needs_ssh(tmp_path: Path) -> None:
         ('[controller]\ninterval = -1\n', "", "controller.interval"),
         ('placement = "cloud"\n', "", "placement"),
         ('[ssh]\nhost = "h"\nuser = "u"\nkey_file = "k"\n', "", "ssh.known_hosts_file"),
+        ('[ssh]\nhost = "h"\nuser = "u"\nknown_hosts_file = "kh"\nkey_file = "k"\n'
+         'ssh_config = "absent"\n', "", "ssh.ssh_config"),
+        ('[ssh]\nhost = "h"\nuser = "u"\nknown_hosts_file = "kh"\nkey_file = "k"\n'
+         'jump_host = ""\n', "", "ssh.jump_host"),
         ('[controller]\nunknown_jobs = "shrug"\n', "", "controller.unknown_jobs"),
         ('[store]\nbackend = "mongo"\n', "", "store.backend"),
         ('[store]\npath = 3\n', "", "store.path"),
