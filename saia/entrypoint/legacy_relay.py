@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from saia.entrypoint import legacy, upstream
+from saia.entrypoint import job_secret, legacy, upstream
 from saia.entrypoint.context import Context, Read
 from saia.entrypoint.refusal import Refusal
 from saia.protocol import exits
@@ -49,13 +49,20 @@ async def _relay_to_one(
     random.SystemRandom().shuffle(backends)
     config = context.config
     pool = upstream.UpstreamPool(config.connect_timeout, config.idle_timeout)
-    headers = [(n.lower().encode(), v.encode()) for n, v in request.headers]
+    try:
+        key = job_secret.load_key(config.state_dir)
+    except OSError as error:
+        raise Refusal(f"state_dir: {error}", exits.CONFIG) from None
+    # The job's secret replaces whatever Authorization the hub sent (the user's own).
+    headers = [(n.lower().encode(), v.encode()) for n, v in request.headers
+               if n.lower() != "authorization"]  # fmt: skip
     try:
         for job in backends:
             try:
                 response = await pool.request(
-                    job.batch_host, job.port, request.method, request.path, headers, body
-                )
+                    job.batch_host, job.port, request.method, request.path,
+                    [*headers, job_secret.bearer(key, job.token)], body,
+                )  # fmt: skip
             except upstream.UpstreamUnreachable:
                 continue
             except upstream.UpstreamError:

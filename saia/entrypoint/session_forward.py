@@ -8,14 +8,17 @@ from the job waits while the hub's window is closed, so a large response is
 never held here in full.
 
 Hop-by-hop headers are dropped both ways (HTTP/2 forbids them anyway); Host is
-the job's. Error messages name the job and the kind of failure, never a
-header, a body or the path, which may carry a key in its query.
+the job's, and Authorization the job's secret (saia.entrypoint.job_secret): what
+the hub's client sent as its own is never passed on. Error messages name the
+job and the kind of failure, never a header, a body or the path, which may
+carry a key in its query.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from saia.entrypoint import job_secret
 from saia.entrypoint.config import EntrypointConfig
 from saia.entrypoint.session_messages import (
     BodyTooLarge,
@@ -33,10 +36,11 @@ from saia.entrypoint.upstream import (
 from saia.protocol import exits
 from saia.protocol.jobs import JobRecord
 
-# Hop-by-hop headers, those set here (Host) and the framing HTTP/2 replaces.
+# Hop-by-hop headers, those set here (Host, Authorization) and the framing HTTP/2 replaces.
 REQUEST_HEADERS_DROPPED = frozenset(
-    {b"connection", b"expect", b"host", b"keep-alive", b"proxy-authorization",
-     b"proxy-connection", b"te", b"trailer", b"upgrade", b"transfer-encoding"}
+    {b"authorization", b"connection", b"expect", b"host", b"keep-alive",
+     b"proxy-authorization", b"proxy-connection", b"te", b"trailer", b"upgrade",
+     b"transfer-encoding"}
 )  # fmt: skip
 RESPONSE_HEADERS_DROPPED = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
@@ -50,6 +54,7 @@ class Forwarder:
     def __init__(self, config: EntrypointConfig) -> None:
         self.config = config
         self.upstream = UpstreamPool(config.connect_timeout, config.idle_timeout)
+        self._key: bytes | None = None
 
     async def forward(self, request: IncomingRequest, job: JobRecord, target: str) -> Reply:
         """The job's answer to ``request``, its body still to be read from the job."""
@@ -65,6 +70,7 @@ class Forwarder:
         else:
             content = request.body.chunks(limit)
         headers = [(n, v) for n, v in request.headers if n not in REQUEST_HEADERS_DROPPED]
+        headers.append(self._bearer(job))
         where = f"job {job.job_id} ({job.batch_host}:{job.port})"
         try:
             response = await self.upstream.request(
@@ -88,9 +94,18 @@ class Forwarder:
 
     async def status_of(self, job: JobRecord, path: str) -> int:
         """The status of the job's answer to ``GET path``; its body is never read."""
-        response = await self.upstream.request(job.batch_host, job.port, "GET", path, [], b"")
+        headers = [self._bearer(job)]
+        response = await self.upstream.request(job.batch_host, job.port, "GET", path, headers, b"")
         await response.aclose()
         return response.status
+
+    def _bearer(self, job: JobRecord) -> tuple[bytes, bytes]:
+        if self._key is None:
+            try:
+                self._key = job_secret.load_key(self.config.state_dir)
+            except OSError as error:
+                raise RequestFailed(500, f"state_dir: {error}", exits.CONFIG) from None
+        return job_secret.bearer(self._key, job.token)
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

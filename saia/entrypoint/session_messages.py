@@ -110,7 +110,7 @@ class RequestBody:
         return b"".join([chunk async for chunk in self.chunks(limit)])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class IncomingRequest:
     stream_id: int
     method: str
@@ -123,7 +123,7 @@ async def _nothing() -> None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Reply:
     status: int
     headers: list[Header]

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Mapping
 from datetime import timezone
 
+from saia.entrypoint import job_secret
 from saia.entrypoint.config import EntrypointConfig, ServiceRule
 from saia.entrypoint.refusal import Refusal
 from saia.protocol import exits
@@ -63,11 +64,17 @@ class LoginSlurm:
         partition = [f"--partition={config.partition}"] if config.partition else []
         # Operator options come after saia's, so that they may override --time or --output.
         argv += [*account, *partition, *config.sbatch_args, script, str(port)]
-        # The job learns its service and port from its environment as well as from $1.
+        # The job learns its service and port from its environment as well as from $1,
+        # and its secret only from there (saia.entrypoint.job_secret).
+        try:
+            secret = job_secret.for_job(job_secret.load_key(config.state_dir), token)
+        except OSError as error:
+            raise Refusal(f"state_dir: {error}", exits.CONFIG) from None
         job = {
             "SAIA_PYTHON": config.job_python or sys.executable,
             "SAIA_SERVICE": rule.id,
             "SAIA_PORT": str(port),
+            "SAIA_JOB_SECRET": secret,
         }
         result = self._run(argv, (), job)
         if result.returncode != 0:

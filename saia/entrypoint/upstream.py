@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import h11
 
@@ -30,6 +31,8 @@ Header = tuple[bytes, bytes]
 IDLE_SECONDS = 4.0
 MAX_IDLE = 64  # kept connections in all, beyond those in use
 READ_CHUNK = 64 * 1024
+_TIMEOUT = getattr(asyncio, "timeout", None)  # Python 3.11 and newer
+Result = TypeVar("Result")
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})  # RFC 9110 9.2.2
 
 
@@ -213,18 +216,16 @@ class UpstreamPool:
 
     async def _drain(self, connection: _Connection) -> None:
         try:
-            async with asyncio.timeout(self.idle_timeout):
-                await connection.writer.drain()
-        except TimeoutError:
+            await within(self.idle_timeout, connection.writer.drain())
+        except asyncio.TimeoutError:
             raise UpstreamTimeout("the job stopped reading the request") from None
         except OSError:
             raise UpstreamError("the job closed the connection") from None
 
     async def _read(self, connection: _Connection) -> bytes:
         try:
-            async with asyncio.timeout(self.idle_timeout):
-                return await connection.reader.read(READ_CHUNK)
-        except TimeoutError:
+            return await within(self.idle_timeout, connection.reader.read(READ_CHUNK))
+        except asyncio.TimeoutError:
             raise UpstreamTimeout(f"the job went silent for {self.idle_timeout:g} s") from None
         except OSError:
             raise UpstreamError("the job broke the connection") from None
@@ -232,9 +233,9 @@ class UpstreamPool:
     async def _connect(self, key: tuple[str, int]) -> _Connection:
         host, port = key
         try:
-            async with asyncio.timeout(self.connect_timeout):
-                reader, writer = await asyncio.open_connection(host, port)
-        except TimeoutError:
+            opening = asyncio.open_connection(host, port)
+            reader, writer = await within(self.connect_timeout, opening)
+        except asyncio.TimeoutError:
             raise UpstreamTimeout(f"no connection within {self.connect_timeout:g} s") from None
         except OSError as error:
             raise UpstreamUnreachable(error.strerror or type(error).__name__) from None
@@ -254,6 +255,14 @@ class UpstreamPool:
                 return connection
             connection.close()
         return None
+
+
+async def within(seconds: float, awaitable: Awaitable[Result]) -> Result:
+    """``await awaitable``, or asyncio.TimeoutError after ``seconds``."""
+    if _TIMEOUT is None:  # Python before 3.11: wait_for, at the cost of a task per call
+        return await asyncio.wait_for(awaitable, seconds)
+    async with _TIMEOUT(seconds):
+        return await awaitable
 
 
 def _framed(headers: list[Header], body: bytes | AsyncIterator[bytes], host: bytes) -> list[Header]:

@@ -77,7 +77,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         # like a real model server loading its weights.
         logger.info("waiting %.3g s before listening on port %d", args.startup_delay, args.port)
         time.sleep(args.startup_delay)
-    app = create_app(Settings(model=args.model, token_delay=args.token_delay))
+    # The key comes from the environment only: a command line is visible to every user.
+    api_key = os.environ.get("SAIA_JOB_SECRET", "")
+    app = create_app(Settings(model=args.model, token_delay=args.token_delay, api_key=api_key))
     uvicorn.run(
         app,
         host=args.host,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,10 @@ EXIT_GRACE_SECONDS = 0.1
 class Settings:
     model: str = DEFAULT_MODEL
     token_delay: float = 0.0
+    # The job's secret (SAIA_JOB_SECRET): when set, every request must carry it as
+    # "Authorization: Bearer ...", as vLLM's --api-key asks, so that only the login
+    # node's entrypoint, not any user of the cluster, can use the port.
+    api_key: str = ""
     # Tests replace this so that POST /admin/exit does not end the test runner.
     exit_process: Callable[[int], None] = field(default=os._exit)
 
@@ -60,6 +65,25 @@ class CountModelRequests:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1/"):
             self.served.requests += 1
+        await self.app(scope, receive, send)
+
+
+class RequireBearer:
+    """Plain ASGI: 401 for any request without the key, before anything else runs."""
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            given = next((v for n, v in scope["headers"] if n == b"authorization"), b"")
+            if not hmac.compare_digest(given, self.expected):
+                body = orjson.dumps({"error": {"message": "Unauthorized", "code": 401}})
+                await send({"type": "http.response.start", "status": 401,
+                            "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+                await send({"type": "http.response.body", "body": body})
+                return
         await self.app(scope, receive, send)
 
 
@@ -153,7 +177,10 @@ def create_app(settings: Settings) -> Starlette:
             Route("/admin/exit", admin_exit, methods=["POST"]),
             Route("/admin/stats", admin_stats, methods=["GET"]),
         ],
-        middleware=[Middleware(CountModelRequests, served=served)],
+        middleware=[
+            *([Middleware(RequireBearer, key=settings.api_key)] if settings.api_key else []),
+            Middleware(CountModelRequests, served=served),
+        ],
         exception_handlers={
             RequestError: _request_error_response,
             HTTPException: _http_error_response,

@@ -15,6 +15,8 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -280,6 +282,21 @@ def test_probe_checks_a_path_of_the_job(link: Link, job: RunningJob) -> None:
     assert answer.status == 200 and result["ok"] is True and result["latency"] > 0
     missing = json.loads(link.ask("GET", f"/jobs/{job.job_id}/probe?path=/no-such-path").body)
     assert missing["ok"] is False and missing["error"] == "HTTP 404"
+
+
+def test_the_jobs_port_answers_only_requests_through_the_entrypoint(
+    link: Link, job: RunningJob
+) -> None:
+    """Any other user of the cluster reaching the job's port directly gets 401 (no secret)."""
+    (entry,) = [found for found in saia_jobs(link) if found.job_id == job.job_id]
+    for headers in ({}, {"Authorization": "Bearer guessed"}):
+        request = urllib.request.Request(
+            f"http://{entry.batch_host}:{entry.port}/v1/models", headers=headers
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused.value.code == 401
+    assert link.ask("GET", f"/jobs/{job.job_id}/http/v1/models").status == 200
 
 
 def served_model(link: Link, job: RunningJob) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from saia.entrypoint import legacy
+from saia.entrypoint import job_secret, legacy
 from saia.entrypoint.config import EntrypointConfig, ServiceRule
 from saia.entrypoint.context import Context
 from saia.entrypoint.legacy import LegacyRefused, LegacyRequest, parse_request, render
@@ -268,7 +268,10 @@ def test_a_backends_answer_is_passed_on_as_curl_minus_i_printed_it(
     sent = backend.requests[0]
     assert sent.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
     assert b"host: 127.0.0.1:" in sent and b"hub.example.org" not in sent
-    assert b"authorization: Bearer sk-secret\r\n" in sent
+    # The job's secret, in place of the key the hub sent, which never reaches the job.
+    secret = job_secret.for_job(job_secret.load_key(str(tmp_path / "state")), TOKEN)
+    assert f"authorization: Bearer {secret}\r\n".encode() in sent
+    assert b"sk-secret" not in sent
     assert sent.endswith(b'\r\n\r\n{"model": "m"}')
 
 
@@ -317,8 +320,11 @@ def context_for(
     )
 
 
+TOKEN = "0123456789abcdef"
+
+
 def run_job(slurm: FakeSlurm, host: str, port: int) -> None:
-    slurm.submit(SubmitRequest("testsvc", "testservice.sbatch", port, "0123456789abcdef", 600.0))
+    slurm.submit(SubmitRequest("testsvc", "testservice.sbatch", port, TOKEN, 600.0))
     slurm.start_pending()
     for job in slurm.queue.values():
         job.host = host

@@ -25,6 +25,7 @@ import uvicorn
 
 from saia.adapters.session_client import SessionClient, SessionClosed, StreamReset
 from saia.domain.slurm import SlurmState
+from saia.entrypoint import job_secret
 from saia.entrypoint.config import EntrypointConfig, ServiceRule
 from saia.entrypoint.context import Context
 from saia.entrypoint.session import SessionServer, serve_session
@@ -277,6 +278,21 @@ def test_a_port_outside_the_login_nodes_range_is_not_submitted(tmp_path: Path) -
             assert refused.status == 403
             assert "outside 20000-20999" in json.loads(await refused.read())["error"]
             assert len(s.slurm.queue) == 1
+
+    run(scenario)
+
+
+def test_the_job_gets_its_secret_and_never_the_clients_authorization(tmp_path: Path) -> None:
+    """A forwarded request carries the job's Bearer secret in place of the hub's own."""
+
+    async def scenario() -> None:
+        async with session(tmp_path) as s:
+            path = f"/jobs/{s.job_id}/http/echo"
+            response = await s.client.request("GET", path, [("authorization", "Bearer user-key")])
+            echoed = json.loads(await response.read())
+            key = job_secret.load_key(str(tmp_path / "state"))
+            assert echoed["headers"]["authorization"] == f"Bearer {job_secret.for_job(key, TOKEN)}"
+            assert "user-key" not in json.dumps(echoed)
 
     run(scenario)
 

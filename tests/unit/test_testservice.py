@@ -495,3 +495,29 @@ def test_admin_stats_counts_the_requests_that_reached_the_model_routes(
     client.get("/v1/models")
     client.post("/v1/chat/completions", json={"model": "nope", "messages": []})
     assert client.get("/admin/stats").json() == {"requests": 2}
+
+
+# -- the job's secret ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Bearer wrong", "Bearer s3cret-", "bearer s3cret", "s3cret", "Basic s3cret"],
+)
+def test_with_a_secret_every_request_without_it_is_refused(authorization: str | None) -> None:
+    """A job given SAIA_JOB_SECRET answers 401 to anyone not presenting it, on every path."""
+    with TestClient(create_app(Settings(api_key="s3cret"))) as client:
+        headers = {} if authorization is None else {"authorization": authorization}
+        for method, path in (("GET", "/health"), ("GET", "/v1/models"), ("POST", "/admin/exit")):
+            assert client.request(method, path, headers=headers).status_code == 401
+        assert client.get("/admin/stats", headers={"authorization": "Bearer s3cret"}).json()[
+            "requests"
+        ] == 0  # the refused requests never reached the model routes
+
+
+def test_with_the_secret_the_service_answers() -> None:
+    """The Bearer token the entrypoint adds opens every route, the OpenAI client's too."""
+    with TestClient(create_app(Settings(model="m", api_key="s3cret"))) as client:
+        assert client.get("/health", headers={"authorization": "Bearer s3cret"}).status_code == 200
+        api = openai.OpenAI(api_key="s3cret", base_url="http://testserver/v1", http_client=client)
+        assert [model.id for model in api.models.list()] == ["m"]
