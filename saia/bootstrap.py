@@ -105,6 +105,7 @@ def cluster_access(config: Config, hub: Hub) -> ClusterAccess:
     # started on the login node per pass, and a burst of requests never delays them.
     control = ControlSession(open_session)
     hub.on_close(control.close)  # before the link (closers run newest first)
+    link.check_with(lambda: control.keep_alive(timeout=link.settings.keepalive_timeout))
     return ClusterAccess(RemoteSlurm(control), RemoteProber(control), session_backend,
                          lambda: link.up)  # fmt: skip
 

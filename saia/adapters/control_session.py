@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import paramiko
 
 from saia.adapters.session_client import ReconnectingSession, SessionClosed, StreamReset
-from saia.adapters.ssh_link import AnswerLost, LinkDown
+from saia.adapters.ssh_link import AnswerLost, LinkDown, LinkError
 from saia.protocol import exits
-from saia.protocol.session import EXIT_CODE_HEADER
+from saia.protocol.session import EXIT_CODE_HEADER, KEEP_ALIVE
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +54,13 @@ class ControlSession:
         except concurrent.futures.TimeoutError:
             future.cancel()  # resets the stream: the entrypoint stops working on it
             raise AnswerLost(f"{method} {path}: no answer within {timeout:g} s") from None
+
+    def keep_alive(self, timeout: float) -> None:
+        """The entrypoint's ``keep-alive`` on the session; LinkError unless it answers ok."""
+        answer = self.call("GET", KEEP_ALIVE, timeout=timeout)
+        if answer.exit_code != exits.OK or answer.body != b"ok\n":
+            said = answer.reason or repr(answer.body[:80])
+            raise LinkError(f"keep-alive answered exit {answer.exit_code}: {said}")
 
     def close(self) -> None:
         if self._loop.is_closed():

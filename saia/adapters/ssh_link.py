@@ -6,15 +6,16 @@ process sshd runs for it). So the link keeps one authenticated paramiko
 Transport and runs every command (always the login node's forced
 ``saia-entrypoint``) on a fresh ``exec`` channel of it.
 
-A background thread owns the connection's life: it connects, checks the
-connection every ``keepalive_interval``, and after a failure reconnects with
-capped exponential backoff. Callers never wait for that: while the link is
-down, ``run`` raises LinkDown at once. The thread (and only it) reports each
-change between up and down through ``on_change(up, error)``; "up" means
-connected, the host key known, authenticated, and the entrypoint answering
-``keep-alive`` with ``ok`` (asked once per connection). The periodic check
-opens a channel and closes it again: a round trip to sshd that starts no
-process on the login node. The first outcome is always reported.
+A background thread owns the connection's life: it connects, asks the
+entrypoint ``keep-alive`` every ``keepalive_interval``, and after a failure
+reconnects with capped exponential backoff. Callers never wait for that: while
+the link is down, ``run`` raises LinkDown at once. The thread (and only it)
+reports each change between up and down through ``on_change(up, error)``; "up"
+means connected, the host key known, authenticated, and the entrypoint
+answering ``keep-alive`` with ``ok``. The first outcome is always reported.
+A new connection is checked with the ``keep-alive`` verb on a channel of its
+own; later checks go through ``check_with`` when one is given (the hub asks on
+its kept session), so that no process is started on the login node for them.
 
 The connection is opened with fabric's Connection, so that the operator's
 ssh_config (Host aliases, HostName, Port, User, IdentityFile, ProxyJump) is
@@ -74,7 +75,7 @@ class SshLinkSettings:
     key_file: Path | None  # the hub's private key, without a passphrase; None: IdentityFile only
     known_hosts_file: Path  # checked for the login node and every jump host
     connect_timeout: float = 10.0  # TCP connect, SSH handshake and authentication, each
-    keepalive_interval: float = 15.0  # seconds between checks of the connection
+    keepalive_interval: float = 15.0  # seconds between keep-alives
     keepalive_timeout: float = 10.0  # a keep-alive slower than this counts as down
     backoff_base: float = 1.0  # wait after the first failed reconnection; doubles each time
     backoff_max: float = 60.0
@@ -108,6 +109,11 @@ class SshLink:
         self._stop = threading.Event()
         self._wake = threading.Event()  # a heartbeat now: run() saw the transport fail
         self._thread: threading.Thread | None = None
+        self._check: Callable[[], None] | None = None
+
+    def check_with(self, keep_alive: Callable[[], None]) -> None:
+        """Ask keep-alive this way from now on; it raises LinkError unless the answer is ok."""
+        self._check = keep_alive
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -218,7 +224,10 @@ class SshLink:
                 break
             if self._transport is current:
                 try:
-                    self._ping(current)
+                    if self._check is None:
+                        self._heartbeat(current)
+                    else:
+                        self._check()
                 except LinkError as error:
                     self._drop(current, str(error))
             if self._transport is None:
@@ -250,14 +259,6 @@ class SshLink:
         log.warning("SSH link to %s lost: %s", self._where(), reason)
         transport.close()
         self._wake.set()
-
-    def _ping(self, transport: paramiko.Transport) -> None:
-        """A round trip to sshd: a channel opened and closed without running anything."""
-        try:
-            channel = transport.open_session(timeout=self.settings.keepalive_timeout)
-        except (paramiko.SSHException, OSError, EOFError) as error:
-            raise LinkError(f"the connection does not answer: {_why(error)}") from None
-        channel.close()
 
     def _heartbeat(self, transport: paramiko.Transport) -> None:
         answer = _execute(transport, "keep-alive", b"", self.settings.keepalive_timeout)

@@ -10,6 +10,7 @@ chunk by chunk) or a start-up delay (a cold start is long enough to wait for).
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -24,6 +25,7 @@ import openai
 
 from saia import catalog, config
 from saia.domain.state import JobView
+from saia.entrypoint import job_secret
 from saia.proxy import key_commands
 from saia.serve import Serving
 from tests.integration.cluster import (
@@ -84,9 +86,18 @@ def auth(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
 
 
+def as_the_entrypoint(job: JobView) -> dict[str, str]:
+    """The job's secret as the login node's entrypoint presents it: for asking a job directly."""
+    state = Path(os.environ["SAIA_ENTRYPOINT_CONFIG"]).parent / "entrypoint-state"
+    secret = job_secret.for_job(job_secret.load_key(str(state)), job.token)
+    return {"authorization": f"Bearer {secret}"}
+
+
 def served_by(job: JobView) -> int:
     """How many model requests the job's test service has seen (asked directly)."""
-    answer = httpx.get(f"http://{job.node}:{job.port}/admin/stats", timeout=10)
+    answer = httpx.get(
+        f"http://{job.node}:{job.port}/admin/stats", headers=as_the_entrypoint(job), timeout=10
+    )
     answer.raise_for_status()
     count: int = answer.json()["requests"]
     return count

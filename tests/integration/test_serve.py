@@ -25,6 +25,7 @@ from tests.integration.hub_serving import (
     RATE_LIMIT_PER_MINUTE,
     TOKEN_DELAY,
     RunningHub,
+    as_the_entrypoint,
     auth,
     running_hub,
     served_by,
@@ -227,7 +228,8 @@ def test_a_backend_killed_under_load_fails_only_its_own_requests_and_is_replaced
     with load(8, streamed_chat) as outcomes:
         time.sleep(3)
         victim = hub.ready(hub.chat)[0]
-        httpx.post(f"http://{victim.node}:{victim.port}/admin/exit", json={"code": 1}, timeout=10)
+        httpx.post(f"http://{victim.node}:{victim.port}/admin/exit", json={"code": 1},
+                   headers=as_the_entrypoint(victim), timeout=10)  # fmt: skip
         killed_at = time.monotonic()
         time.sleep(8)
 
@@ -257,7 +259,8 @@ def test_requests_to_a_service_whose_only_job_died_wait_for_its_replacement(
     with load(2, small_chat) as outcomes:
         time.sleep(1)
         [victim] = hub.ready(hub.cold)
-        httpx.post(f"http://{victim.node}:{victim.port}/admin/exit", json={"code": 1}, timeout=10)
+        httpx.post(f"http://{victim.node}:{victim.port}/admin/exit", json={"code": 1},
+                   headers=as_the_entrypoint(victim), timeout=10)  # fmt: skip
         killed_at = time.monotonic()
         wait_for(
             lambda: [o for o in list(outcomes) if o.started > killed_at + 0.2 and not o.error],

@@ -337,6 +337,60 @@ def control(ssh: tuple[SshLink, Changes]) -> Iterator[ControlSession]:
     session.close()
 
 
+def entrypoint_pids_seen(port: int, seconds: float) -> set[int]:
+    """The saia-entrypoint processes serving this process's connections, alive at any of
+    many looks over ``seconds``."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        serving = serving_pids(port)
+        for entry in Path("/proc").iterdir():
+            try:
+                ours = entry.name.isdigit() and _descends_from(int(entry.name), serving)
+                if ours and b"saia-entrypoint" in (entry / "cmdline").read_bytes():
+                    seen.add(int(entry.name))
+            except OSError:
+                continue  # ended meanwhile
+        time.sleep(0.01)
+    return seen
+
+
+def _descends_from(pid: int, ancestors: set[int]) -> bool:
+    while pid > 1:
+        if pid in ancestors:
+            return True
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        pid = int(stat.rpartition(")")[2].split()[1])
+    return False
+
+
+@pytest.mark.parametrize("over_the_session", [True, False])
+def test_keep_alives_over_the_session_start_no_process(link: Link, over_the_session: bool) -> None:  # noqa: F811
+    """With check_with (as saia serve wires it), the periodic keep-alive is a request on the
+    kept session: the login node runs one entrypoint process throughout, not one per check."""
+    with started(settings_for(link, keepalive_interval=0.1)) as (kept, changes):
+        assert changes.wait_for(True) == ""
+        control = ControlSession(lambda: kept.open_channel("session"))
+        try:
+            checks: list[float] = []
+
+            def keep_alive() -> None:
+                checks.append(time.monotonic())
+                control.keep_alive(timeout=5.0)
+
+            if over_the_session:
+                kept.check_with(keep_alive)
+            control.keep_alive(timeout=5.0)  # the session's process is running
+            seen = entrypoint_pids_seen(int(link.port), 2.0)
+        finally:
+            control.close()
+        assert changes.seen == [(True, "")]
+    if over_the_session:
+        assert len(checks) >= 10 and len(seen) == 1
+    else:
+        assert len(seen) >= 5  # the check the test would miss: a process per keep-alive
+
+
 def _listed(slurm: RemoteSlurm, job_id: str) -> SlurmJob | None:
     return next((job for job in slurm.jobs() if job.job_id == job_id), None)
 
