@@ -20,10 +20,11 @@ from saia.adapters.slurm_local import LocalSlurm, LocalSlurmSettings, SlurmComma
 from saia.adapters.slurm_remote import RemoteSlurm
 from saia.adapters.ssh_link import SshLink, SshLinkSettings
 from saia.config import Config, Placement, SshSettings
-from saia.controller import Controller
+from saia.controller import Controller, OutsideDemand
 from saia.demand import DemandTracker
 from saia.hub import Hub
 from saia.ports import Prober, Slurm
+from saia.protocol import demand as demand_notes
 from saia.proxy.backend import Backend, HttpBackend
 from saia.proxy.session_backend import SessionBackend
 
@@ -123,7 +124,16 @@ def controller_for(
         clock=time.time,
         rng=random.SystemRandom(),
         demand=demand,
+        outside_demand=legacy_demand(config),
     )
+
+
+def legacy_demand(config: Config) -> OutsideDemand | None:
+    """The login node's notes of legacy requests, when an unmodified SAIA hub sends them."""
+    folder = config.legacy_demand_from()
+    if folder is None:
+        return None
+    return lambda since: demand_notes.recent(str(folder), since)
 
 
 def controller_lock(config: Config) -> FileLock:

@@ -11,7 +11,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -64,6 +64,10 @@ class PassReport:
     errors: list[str] = field(default_factory=list)
 
 
+# The times of requests since a moment, per service, that no proxy of saia's counted.
+OutsideDemand = Callable[[float], Mapping[str, Sequence[float]]]
+
+
 class Controller:
     def __init__(
         self,
@@ -74,6 +78,7 @@ class Controller:
         clock: Callable[[], float],
         rng: random.Random,
         demand: DemandTracker | None = None,
+        outside_demand: OutsideDemand | None = None,
     ) -> None:
         self.hub = hub
         self.slurm = slurm
@@ -82,6 +87,7 @@ class Controller:
         self.clock = clock
         self.rng = rng
         self.demand = demand if demand is not None else DemandTracker()
+        self.outside_demand = outside_demand
         self._wake = threading.Event()
         self._last_probe: dict[UUID, float] = {}
 
@@ -115,6 +121,7 @@ class Controller:
         now = self.clock()
         report = PassReport(at=now)
         self.hub.refresh()
+        self._take_outside_demand(now)
         queue = self._observe_queue(now, report)
         if queue is not None:
             self._reconcile(queue, now, report)
@@ -251,6 +258,19 @@ class Controller:
         if changed:
             self.hub.log.save(*changed)
             self.hub.refresh()
+
+    def _take_outside_demand(self, now: float) -> None:
+        """Requests no proxy of saia's saw (legacy ones, on the login node) as demand: those
+        of a service without a ready job wait for one; the others are in flight."""
+        if self.outside_demand is None:
+            return
+        services = self.hub.state.active_services()
+        windows = {name: view.spec.demand_window for name, view in services.items()}
+        seen = self.outside_demand(now - max(windows.values(), default=0.0))
+        for name, view in services.items():
+            count = sum(1 for at in seen.get(name, []) if at >= now - windows[name])
+            ready = any(job.phase is Phase.READY for job in view.jobs.values())
+            self.demand.set(name, count if ready else 0, 0 if ready else count, now)
 
     # -- plan and act ----------------------------------------------------------------
 

@@ -4,6 +4,11 @@ The request is parsed by saia.entrypoint.legacy, sent to one of the service's
 running jobs over saia.entrypoint.upstream, and the job's answer is written
 as ``curl -i`` printed it for the original: status line and headers as
 received, the body without chunked framing.
+
+In login-node placement each request also counts as demand for the controller
+(saia.protocol.demand), and a request that finds no running job starts a
+controller pass at once (rate-limited as keep-alive's), so that a service at
+zero instances starts on its first request, as with SAIA's own scheduler.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import random
 
 from saia.entrypoint import job_secret, legacy, upstream
 from saia.entrypoint.context import Context, Read
+from saia.entrypoint.placement import keep_alive
 from saia.entrypoint.refusal import Refusal
-from saia.protocol import exits
+from saia.protocol import demand, exits
 from saia.protocol.jobs import JobRecord
 
 
@@ -28,9 +34,17 @@ def answer(text: str, context: Context) -> int:
     config = context.config
     if request.service not in config.services:
         return _answer(context, legacy.UNKNOWN_SERVICE, now, exits.NOT_PERMITTED)
+    if config.login_node is not None:
+        try:
+            demand.record(config.state_dir, request.service, now)
+        except OSError as error:
+            message = f"state_dir: cannot note demand: {error.strerror}"
+            raise Refusal(message, exits.CONFIG) from None
     backends = [job for job in context.routes().running(request.service)
                 if config.allows_port(job.port)]  # fmt: skip
     if not backends:
+        if config.login_node is not None:
+            keep_alive(config, now, context.environment)  # a pass now, to start one
         return _answer(context, legacy.NO_BACKEND, now, exits.UNAVAILABLE)
     body = request.inline_body
     if request.body_on_stdin:

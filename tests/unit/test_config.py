@@ -205,3 +205,15 @@ def test_saia_json_with_a_bad_service_names_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         import_saia_json(path)
     assert (caught.value.service, caught.value.field) == ("x", "inferences_per_instance")
+
+
+def test_legacy_demand_is_read_only_in_login_node_placement(tmp_path: Path) -> None:
+    """legacy_demand_from names the entrypoint's state_dir, relative to the file; in hub
+    placement, where there is none, it is an error naming the field."""
+    noting = GOOD.replace("[controller]\n", '[controller]\nlegacy_demand_from = "state"\n')
+    assert load(write(tmp_path, noting)).legacy_demand_from() == tmp_path / "state"
+    assert load(write(tmp_path, GOOD)).legacy_demand_from() is None
+    ssh = '\n[ssh]\nhost = "login"\nuser = "saia"\nkey_file = "k"\nknown_hosts_file = "kh"\n'
+    hub = noting.replace('placement = "login-node"', 'placement = "hub"') + ssh
+    with pytest.raises(ConfigError, match=r"controller\.legacy_demand_from"):
+        load(write(tmp_path, hub))
