@@ -44,7 +44,9 @@ SERVICE = re.compile(r"[A-Za-z0-9._+-]{1,256}")
 USER_ID = re.compile(r"[A-Za-z0-9._@+-]{1,256}")
 REQUEST_PATH = re.compile(r"/[A-Za-z0-9_/.+?=&-]{0,255}")
 METHODS_WITHOUT_BODY = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
-HEADER = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}):[ \t]*([\x20-\x7e]{0,4096}?)[ \t]*")
+# Values as curl sends them: any character but controls (the grammar refused those),
+# non-ASCII ones as their UTF-8 bytes.
+HEADER = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}):[ \t]*([^\x00-\x1f\x7f]{0,4096}?)[ \t]*")
 # Hop-by-hop headers and those the relay sets itself are not passed on.
 DROPPED_HEADERS = frozenset(
     {
@@ -95,7 +97,7 @@ BAD_ARGUMENTS = Answer(  # saia's own: the original passed anything on to curl
     400,
     "Bad Request",
     'Error: the request arguments must be -X METHOD and -H "Name: value" '
-    "with printable ASCII values.",
+    "without control characters.",
 )
 BODY_TOO_LARGE = Answer(413, "Payload Too Large", "Error: the request body is too large.")
 UNKNOWN_SERVICE = Answer(404, "Not Found", "Model Not Found\r\n")
