@@ -278,12 +278,19 @@ def _listen(path: Path, data: Mapping[str, Any]) -> Listen:
     return Listen(host=_str(path, data, "host", defaults.host, "proxy"), port=port)
 
 
+MAX_HEAD_BYTES = 48 * 1024
+
+
 def _proxy(path: Path, data: Mapping[str, Any]) -> ProxySettings:
     knobs = {key: value for key, value in data.items() if key not in LISTEN_KEYS}
     settings = _settings(path, knobs, ProxySettings, "proxy")
     for name in ("max_body_bytes", "connect_attempts"):
         if getattr(settings, name) < 1:
             raise ConfigError(path, "must be at least 1", field=f"proxy.{name}")
+    if not 1024 <= settings.max_head_bytes <= MAX_HEAD_BYTES:
+        # The login node's session refuses larger header lists, and with them the session.
+        message = f"must be from 1024 to {MAX_HEAD_BYTES}"
+        raise ConfigError(path, message, field="proxy.max_head_bytes")
     return settings
 
 

@@ -29,6 +29,7 @@ from saia.controller import Controller, run
 from saia.demand import DemandTracker
 from saia.hub import Hub
 from saia.proxy.app import create_app
+from saia.proxy.bounded_head import bounded
 from saia.proxy.keys import KeyChecker
 from saia.recording import GroupCommitter
 
@@ -128,7 +129,9 @@ class Serving:
                 app,
                 host=config.listen.host,
                 port=config.listen.port,
-                http="httptools",  # C parser; uvicorn's default h11 is pure Python
+                # httptools, a C parser (uvicorn's default h11 is pure Python), with a
+                # bound on the request head.
+                http=bounded(config.proxy.max_head_bytes),
                 loop="uvloop",
                 lifespan="off",
                 access_log=False,  # every request is an event in the log already

@@ -41,6 +41,7 @@ from saia.entrypoint.refusal import Refusal
 from saia.entrypoint.session_actions import SessionActions
 from saia.entrypoint.session_messages import (
     BodyAborted,
+    BodyTooLarge,
     IncomingRequest,
     Reply,
     RequestBody,
@@ -212,6 +213,8 @@ class SessionServer:
             return await self.respond(request)
         except RequestFailed as failed:
             return failed.reply()
+        except BodyTooLarge as error:  # on any path: the body outgrew that path's limit
+            return RequestFailed(413, str(error), exits.BAD_DATA).reply()
         except BodyAborted:
             raise StreamGone(request.stream_id) from None
         except Exception as error:  # a bug answers its own stream with 500; the others go on

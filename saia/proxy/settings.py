@@ -8,6 +8,9 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class ProxySettings:
     max_body_bytes: int = 8 * 1024 * 1024  # larger request bodies get 413
+    # Larger request heads (request line and headers) get 431. Below the login node's
+    # HTTP/2 header list limit (64 KiB), which a head passed on must never reach.
+    max_head_bytes: int = 32 * 1024
     max_waiting_per_service: int = 64  # cold-start queue; beyond it 429
     max_wait_seconds: float = 300.0  # then 503 with Retry-After
     retry_after_seconds: int = 30

@@ -267,6 +267,24 @@ def test_probe_reports_the_jobs_health(tmp_path: Path) -> None:
     run(scenario)
 
 
+@pytest.mark.parametrize(
+    ("path", "size"),
+    [("/slurm/submit", 4097), ("/jobs/{job}/http/echo", 1001), ("/jobs/{job}/http/echo", 10**6)],
+)
+def test_an_oversized_body_is_a_413_on_every_path(tmp_path: Path, path: str, size: int) -> None:
+    """Over a path's limit (4 KiB for a submit, max_body_bytes for a job), 413, never 500."""
+
+    async def scenario() -> None:
+        async with session(tmp_path, {"max_body_bytes": 1000}) as s:
+            refused = await s.client.request("POST", path.format(job=s.job_id), body=b"x" * size)
+            assert (refused.status, refused.header("saia-exit-code")) == (413, "65")
+            assert "larger than" in json.loads(await refused.read())["error"]
+            ok = await s.client.request("POST", f"/jobs/{s.job_id}/http/echo", body=b"x" * 1000)
+            assert ok.status == 200  # the session goes on
+
+    run(scenario)
+
+
 def test_a_port_outside_the_login_nodes_range_is_not_submitted(tmp_path: Path) -> None:
     """A submit for a port outside the configured range is refused, and nothing runs."""
 
