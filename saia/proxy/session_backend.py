@@ -7,12 +7,11 @@ running saia job and forwards to its node and port.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 from saia.adapters.session_client import SessionClosed, SessionSource, StreamReset
 from saia.domain.state import JobView
 from saia.protocol.session import EXIT_CODE_HEADER, http_path
 from saia.proxy.backend import (
+    AnswerBroken,
     BackendUnreachable,
     Headers,
     LinkDown,
@@ -42,20 +41,20 @@ class SessionBackend:
             raise LinkDown(job, str(error)) from error
         except StreamReset as error:  # before the answer's head: this job's doing
             raise BackendUnreachable(job, str(error)) from error
-        chunks: AsyncIterator[bytes] = response
         # The entrypoint marks its own answers with this header; the job's answers lack it.
+        # Its reasons name nodes, ports and jobs: they go to the log, never to the client.
         if response.header(EXIT_CODE_HEADER) is not None:
             detail = await response.read()
-            # "cannot connect": the job never saw the request, like every refusal of the
-            # entrypoint's own (a job that is no longer running, say). Other 502/504s may
-            # have reached it: those are answered, not retried.
             reason = detail.decode(errors="replace").strip()
             if _the_requests_fault(response.status):
                 raise RequestRefused(response.status, reason)
+            # "cannot connect": the job never saw the request, like every refusal of the
+            # entrypoint's own (a job that is no longer running, say). Other 502/504s may
+            # have reached it: those are answered, not retried.
             if response.status not in MAYBE_REACHED or b"cannot connect" in detail:
                 raise BackendUnreachable(job, reason)
-            chunks = _once(detail)
-        return UpstreamResponse(response.status, response.headers, chunks, response.aclose)
+            raise AnswerBroken(reason)
+        return UpstreamResponse(response.status, response.headers, response, response.aclose)
 
 
 def _the_requests_fault(status: int) -> bool:
@@ -63,6 +62,3 @@ def _the_requests_fault(status: int) -> bool:
     403 is about the job (not saia's, or no longer running), which another may replace."""
     return 400 <= status < 500 and status != 403
 
-
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data

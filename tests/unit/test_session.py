@@ -55,6 +55,8 @@ class Backend:
             await self._echo(scope, receive, send)
         elif path == "/gated":
             await self._stream(send, self._gated())
+        elif path == "/silent":
+            await self.gate.wait()  # no answer at all until the test opens the gate
         elif path == "/endless":
             await self._stream(send, self._endless(receive))
         elif path == "/large":

@@ -12,7 +12,7 @@ import pytest
 from saia.adapters.session_client import SessionClient, SessionClosed
 from saia.domain.job import Phase
 from saia.domain.state import JobView
-from saia.proxy.backend import BackendUnreachable, LinkDown, RequestRefused
+from saia.proxy.backend import AnswerBroken, BackendUnreachable, LinkDown, RequestRefused
 from saia.proxy.session_backend import SessionBackend
 from tests.net import free_port
 from tests.unit.test_session import run, session
@@ -109,5 +109,20 @@ def test_a_request_the_entrypoint_refuses_is_the_clients_error(tmp_path: Path, p
             with pytest.raises(RequestRefused) as refused:
                 await backend.send(job_view(s.job_id), "POST", path, [], b"{}")
             assert 400 <= refused.value.status < 500
+
+    run(scenario)
+
+
+def test_the_entrypoints_reasons_never_reach_the_client(tmp_path: Path) -> None:
+    """A job gone silent is the entrypoint's 504 naming the job, its node and port: the
+    proxy answers from its own words (AnswerBroken), and only its log has the reason."""
+
+    async def scenario() -> None:
+        async with session(tmp_path, {"idle_timeout": 0.3}) as s:
+            backend = SessionBackend(GivenSession(s.client))
+            with pytest.raises(AnswerBroken) as broken:
+                await backend.send(job_view(s.job_id), "GET", "/silent", [], b"")
+            assert "127.0.0.1" in str(broken.value)  # for the log
+            s.backend.gate.set()
 
     run(scenario)
