@@ -2,7 +2,7 @@
 
 Each command runs as an argv list (never a shell) from an absolute path, with a
 timeout, and its exit code and stderr are checked; what it prints is read by
-saia.adapters.slurm_parse. Errors map onto the port's:
+saia.protocol.slurm. Errors map onto the port's:
 
 - the controller cannot be reached: SlurmUnavailable;
 - a command (or Slurm's own RPC) timed out, or sbatch's answer is unreadable:
