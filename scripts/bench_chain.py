@@ -603,7 +603,8 @@ class Chain:
         if self.login_root is not None:
             cpu.update({f"login {k}": v for k, v in login_side(self.login_root).items()})
         if self.login_serve is not None:
-            cpu["login-node serve"] = own_cpu(self.login_serve)
+            # With the squeue it runs every pass: on the login node, that is its work too.
+            cpu["login-node serve"] = own_cpu(self.login_serve) + reaped_cpu(self.login_serve)
         return cpu
 
 
@@ -1083,7 +1084,8 @@ def stream_table(results: Results) -> None:
 def idle_table(results: Results) -> None:
     names = {"login all": "login node, hub's connection: sshd + every entrypoint",
              "login sshd": "  of which sshd's own", "login session": "  of which the session",
-             "hub serve": "saia serve (hub)", "login-node serve": "saia serve (login-node)",
+             "hub serve": "saia serve (hub)",
+             "login-node serve": "saia serve (login-node), with its squeue",
              "job": "the job", "client": "this client"}  # fmt: skip
     rows = [(label, f"{1000 * results.idle[key]:.2f} ms/s") for key, label in names.items()
             if key in results.idle]  # fmt: skip
