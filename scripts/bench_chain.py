@@ -829,6 +829,7 @@ def watch_verbs(root: int, until: float) -> dict[str, int]:
     Each lives at least tens of milliseconds (a Python start), so reading the sshd
     processes' children files every 10 ms sees them all at little cost."""
     sshds = [pid for pid in subtree(root) if command_of(pid)[0] == "sshd"]
+    there = set(subtree(root))  # sshd's own processes and the session: not started meanwhile
     seen: dict[int, str] = {}
     while time.perf_counter() < until:
         for parent in sshds:
@@ -837,7 +838,8 @@ def watch_verbs(root: int, until: float) -> dict[str, int]:
             except OSError:
                 continue
             for pid in map(int, children):
-                if seen.get(pid, "?") == "?":  # before its exec, sshd's environment: look again
+                # "?": seen before its exec, with sshd's environment; look again.
+                if pid not in there and seen.get(pid, "?") == "?":
                     try:
                         seen[pid] = command_of(pid)[1].split(" ")[0] or "?"
                     except OSError:
@@ -846,7 +848,6 @@ def watch_verbs(root: int, until: float) -> dict[str, int]:
     counts: dict[str, int] = {}
     for verb in seen.values():
         counts[verb] = counts.get(verb, 0) + 1
-    counts.pop("session", None)  # there from the start: not started meanwhile
     return counts
 
 
