@@ -100,7 +100,8 @@ ADDED_MEDIAN_MS, ADDED_P99_MS = 2.0, 5.0
 LOGIN_CPU_MS, HUB_CPU_MS = 0.5, 1.0  # CPU a request
 IDLE_MS_PER_S = 10.0
 KEEP_ALIVE_MS = 40.0
-# How ``saia serve`` and the CLI are started: from this checkout, whatever is installed.
+# How ``saia serve`` and the CLI are started: run in a checkout, they import its saia
+# (the working folder comes first on the import path), whatever is installed.
 LAUNCH = "import sys; from saia.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
@@ -293,9 +294,8 @@ def wait_listening(host: str, port: int, process: subprocess.Popen[bytes]) -> No
 @dataclass(frozen=True)
 class Job:
     job_id: str
-    host: str
+    host: str  # its batch host, once it runs
     port: int
-    token: str
 
 
 def port_range(config: Path) -> tuple[int, int]:
@@ -336,7 +336,7 @@ def submit_job(service: str, user: str, port: int, tree: Path) -> Job:
                             check=False)  # fmt: skip
     if answer.returncode != 0:
         raise Failed(f"sbatch: exit {answer.returncode}: {answer.stderr.strip()}")
-    return Job(answer.stdout.strip().split(";")[0], "", port, token)
+    return Job(answer.stdout.strip().split(";")[0], "", port)
 
 
 def squeue(*options: str) -> list[str]:
@@ -356,7 +356,7 @@ def wait_running(job: Job, timeout: float = 90.0) -> Job:
             host = seen[0].split("|")[1]
             try:
                 socket.create_connection((host, job.port), timeout=1).close()
-                return Job(job.job_id, host, job.port, job.token)
+                return Job(job.job_id, host, job.port)
             except OSError:
                 pass
         time.sleep(0.3)
