@@ -43,8 +43,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from saia.protocol.ids import SBATCH_NAME, SERVICE_ID
 
@@ -65,29 +64,27 @@ class ConfigError(ValueError):
         self.message = message
 
 
-@dataclass(frozen=True)
-class ServiceRule:
+# NamedTuples, not dataclasses: importing dataclasses costs every keep-alive more
+# than reading this file.
+class ServiceRule(NamedTuple):
     id: str
     sbatch: str  # a file name in sbatch_dir
     time_limit: int = 60  # minutes
 
 
-@dataclass(frozen=True)
-class SlurmCommands:
+class SlurmCommands(NamedTuple):
     sbatch: str = "/usr/bin/sbatch"
     squeue: str = "/usr/bin/squeue"
     scancel: str = "/usr/bin/scancel"
     slurm_conf: str = ""
 
 
-@dataclass(frozen=True)
-class LoginNodePlacement:
+class LoginNodePlacement(NamedTuple):
     controller_command: tuple[str, ...]
     min_interval: float = 5.0
 
 
-@dataclass(frozen=True)
-class EntrypointConfig:
+class EntrypointConfig(NamedTuple):
     path: str
     sbatch_dir: str
     state_dir: str
@@ -105,7 +102,7 @@ class EntrypointConfig:
     probe_timeout: float = 2.0
     idle_timeout: float = 300.0
     max_body_bytes: int = 64 * 1024 * 1024
-    commands: SlurmCommands = field(default_factory=SlurmCommands)
+    commands: SlurmCommands = SlurmCommands()
     login_node: LoginNodePlacement | None = None
 
     def allows_port(self, port: int) -> bool:

@@ -1,29 +1,43 @@
-"""What every verb gets: the configuration, stdin and stdout, the clock, and Slurm on demand."""
+"""What every verb gets: the configuration, stdin and stdout, the clock, and Slurm on demand.
+
+Slurm and the route cache are imported when a verb first asks for them:
+``keep-alive`` runs in a process of its own and pays for neither.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from saia.entrypoint.config import EntrypointConfig
-from saia.entrypoint.routes import RouteCache
-from saia.entrypoint.slurm import LoginSlurm
-from saia.protocol.jobs import JobRecord
+
+if TYPE_CHECKING:
+    from saia.entrypoint.routes import RouteCache
+    from saia.entrypoint.slurm import LoginSlurm
+    from saia.protocol.jobs import JobRecord
 
 Read = Callable[[], bytes]  # a chunk of stdin; b"" at its end
 Write = Callable[[bytes], None]  # to stdout, flushed
 
 
-@dataclass
 class Context:
-    config: EntrypointConfig
-    read: Read
-    write: Write
-    clock: Callable[[], float]
-    environment: Mapping[str, str]  # for the commands this process starts
-    make_slurm: Callable[[], LoginSlurm]  # called once, by the first verb that asks Slurm
-    _slurm: LoginSlurm | None = field(default=None, init=False, repr=False)
-    _routes: RouteCache | None = field(default=None, init=False, repr=False)
+    def __init__(
+        self,
+        config: EntrypointConfig,
+        read: Read,
+        write: Write,
+        clock: Callable[[], float],
+        environment: Mapping[str, str],  # for the commands this process starts
+        make_slurm: Callable[[], LoginSlurm],  # called once, by the first verb that asks Slurm
+    ) -> None:
+        self.config = config
+        self.read = read
+        self.write = write
+        self.clock = clock
+        self.environment = environment
+        self.make_slurm = make_slurm
+        self._slurm: LoginSlurm | None = None
+        self._routes: RouteCache | None = None
 
     def slurm(self) -> LoginSlurm:
         if self._slurm is None:
@@ -32,6 +46,8 @@ class Context:
 
     def routes(self) -> RouteCache:
         if self._routes is None:
+            from saia.entrypoint.routes import RouteCache  # noqa: PLC0415 (start-up cost)
+
             cache_path, max_age = self.config.queue_cache, self.config.queue_cache_seconds
             self._routes = RouteCache(cache_path, max_age, self._look, self.clock)
         return self._routes

@@ -2,7 +2,7 @@
 
 authorized_keys names it as the forced command::
 
-    command="/usr/bin/python3 /opt/saia/saia-entrypoint.pyz --config /opt/saia/entrypoint.toml",
+    command="/usr/bin/python3 -I /opt/saia/saia-entrypoint.pyz --config /opt/saia/entrypoint.toml",
         restrict ssh-ed25519 ...
 
 sshd puts whatever the client asked to run into ``SSH_ORIGINAL_COMMAND``; that
@@ -61,15 +61,17 @@ import os
 import pwd
 import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import BinaryIO
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, BinaryIO
 
 from saia.entrypoint import settings
-from saia.entrypoint.config import ConfigError, load
+from saia.entrypoint.config import ConfigError, EntrypointConfig, load
 from saia.entrypoint.context import Context
 from saia.entrypoint.refusal import Refusal
-from saia.entrypoint.slurm import LoginSlurm
 from saia.protocol import exits, grammar
+
+if TYPE_CHECKING:
+    from saia.entrypoint.slurm import LoginSlurm
 
 PROGRAM = "saia-entrypoint"
 
@@ -99,8 +101,7 @@ def _run(command: grammar.Command, invocation: settings.Invocation) -> int:
         write=_flushing_writer(sys.stdout.buffer),
         clock=time.time,
         environment=invocation.environment,
-        # Only this account's jobs are saia's: another user could name a job like saia's.
-        make_slurm=lambda: LoginSlurm(config, invocation.environment, _user()),
+        make_slurm=lambda: _login_slurm(config, invocation.environment),
     )
     try:
         return _dispatch(command, context)
@@ -118,17 +119,17 @@ def _run(command: grammar.Command, invocation: settings.Invocation) -> int:
 def _dispatch(command: grammar.Command, context: Context) -> int:
     # Imports inside: each verb pays only for the modules it needs (sshd starts a
     # process per channel, and keep-alive must stay cheap).
-    if isinstance(command, grammar.KeepAlive):
+    if command is grammar.Verb.KEEP_ALIVE:
         from saia.entrypoint.placement import keep_alive  # noqa: PLC0415 (start-up cost)
 
         context.write(keep_alive(context.config, context.clock(), context.environment))
         return exits.OK
-    if isinstance(command, grammar.Status):
+    if command is grammar.Verb.STATUS:
         from saia.entrypoint import queue  # noqa: PLC0415 (start-up cost)
 
         context.write(queue.status(context))
         return exits.OK
-    if isinstance(command, grammar.Session):
+    if command is grammar.Verb.SESSION:
         from saia.entrypoint.session import serve_session  # noqa: PLC0415 (start-up cost)
 
         # The channel itself is the HTTP/2 connection: raw stdin and stdout.
@@ -138,8 +139,11 @@ def _dispatch(command: grammar.Command, context: Context) -> int:
     return legacy_relay.answer(command.text, context)
 
 
-def _user() -> str:
-    return pwd.getpwuid(os.getuid()).pw_name
+def _login_slurm(config: EntrypointConfig, environment: Mapping[str, str]) -> LoginSlurm:
+    from saia.entrypoint.slurm import LoginSlurm  # noqa: PLC0415 (start-up cost)
+
+    # Only this account's jobs are saia's: another user could name a job like saia's.
+    return LoginSlurm(config, environment, pwd.getpwuid(os.getuid()).pw_name)
 
 
 def _reader(stream: BinaryIO) -> Callable[[], bytes]:

@@ -10,7 +10,6 @@ keep-alives arriving together start one pass, not two.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Mapping
 
 from saia.entrypoint.config import EntrypointConfig, LoginNodePlacement
@@ -55,6 +54,8 @@ def trigger_pass(
         with open(stamp_path, "a"):
             pass
         os.utime(stamp_path, (now, now))
+        import subprocess  # noqa: PLC0415 (start-up cost: only in login-node placement)
+
         subprocess.Popen(
             list(placement.controller_command),
             stdin=subprocess.DEVNULL,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 
+from saia.entrypoint.config import EntrypointConfig
 from saia.entrypoint.context import Context
 from saia.entrypoint.flock import flock
 from saia.entrypoint.refusal import Refusal
@@ -105,10 +106,14 @@ def running_job(context: Context, job_id: str) -> JobRecord:
         raise Refusal(f"job {job_id} is not one of saia's jobs", exits.NOT_PERMITTED)
     if not job.running:
         raise Refusal(f"job {job_id} is not running ({job.state})", exits.NOT_PERMITTED)
-    # Only what this login node would have started: a job of a service it no longer
-    # allows, or on a port outside its range, is not reached (whoever named it so).
     if job.service not in context.config.services:
         raise Refusal(f"job {job_id} is of a service not allowed here", exits.NOT_PERMITTED)
     if not context.config.allows_port(job.port):
         raise Refusal(f"job {job_id} listens outside the allowed ports", exits.NOT_PERMITTED)
     return job
+
+
+def allowed(config: EntrypointConfig, job: JobRecord) -> bool:
+    """Whether this login node would have started ``job``: a job of a service it no longer
+    allows, or on a port outside its range, is not reached (whoever named it so)."""
+    return job.service in config.services and config.allows_port(job.port)

@@ -6,6 +6,9 @@ squeue once each. Instead the last look at the queue is kept in a file for
 the cache, or not running in it, causes one fresh look before the answer, so a
 job that just started is found at once. A session shares the file.
 
+A session also keeps the last look in memory, so that its requests find their
+job without reading the file or leaving the event loop while the look is fresh.
+
 The file lives in the entrypoint's own state folder (mode 0700) and is replaced
 atomically, so readers never see half of it. Staleness is bounded by the
 cache time; job ids are not reused by Slurm within it, so a cached job is
@@ -33,6 +36,15 @@ class RouteCache:
         self.max_age = max_age
         self.look = look  # asks Slurm now
         self.clock = clock
+        self._memory: tuple[float, dict[str, JobRecord]] | None = None  # the last look
+
+    def remembered(self, job_id: str) -> JobRecord | None:
+        """saia's job ``job_id`` if the last look this process had, still fresh, has it running;
+        no I/O, so callable on an event loop (None: ask ``route``)."""
+        if self._memory is None or not 0 <= self.clock() - self._memory[0] < self.max_age:
+            return None
+        job = self._memory[1].get(job_id)
+        return job if job is not None and job.running else None
 
     def route(self, job_id: str) -> JobRecord | None:
         """saia's job ``job_id``, running if the queue says so, else as the queue has it."""
@@ -63,6 +75,7 @@ class RouteCache:
 
     def forget(self) -> None:
         """Drop the cache, after a change saia itself made to the queue."""
+        self._memory = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
@@ -73,11 +86,13 @@ class RouteCache:
             if not 0 <= self.clock() - float(at) < self.max_age:
                 return None
             jobs = [job_from_line(line) for line in lines if line]
-            return {job.job_id: job for job in jobs}
+            self._memory = (float(at), {job.job_id: job for job in jobs})
+            return self._memory[1]
         except (OSError, ValueError, WireError):
             return None  # missing, stale or damaged: look at the queue again
 
     def _write(self, at: float, jobs: dict[str, JobRecord]) -> None:
+        self._memory = (at, jobs)
         payload = repr(at).encode() + b"\n" + b"".join(job_line(job) for job in jobs.values())
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         temporary = f"{self.path}.{os.getpid()}.tmp"

@@ -29,6 +29,7 @@ from saia.entrypoint.session_messages import IncomingRequest, Reply, RequestFail
 from saia.entrypoint.upstream import UpstreamError, UpstreamTimeout
 from saia.protocol import exits, ids
 from saia.protocol import session as paths
+from saia.protocol.jobs import JobRecord
 
 Result = TypeVar("Result")
 JSON = b"application/json"
@@ -99,8 +100,16 @@ class SessionActions:
             raise RequestFailed(405, f"the request method is not one of {allowed}")
         if not paths.plain_target(target):
             raise RequestFailed(400, "the path must be a plain /path?query without '..'")
-        job = await self._in_worker(queue.running_job, self.context, job_id)
+        job = self._remembered(job_id)
+        if job is None:  # not in this session's fresh look: the file, or Slurm, on the worker
+            job = await self._in_worker(queue.running_job, self.context, job_id)
         return await self.forwarder.forward(request, job, target)
+
+    def _remembered(self, job_id: str) -> JobRecord | None:
+        job = self.context.routes().remembered(job_id)
+        if job is None or not queue.allowed(self.context.config, job):
+            return None  # running_job says why
+        return job
 
     async def _in_worker(self, function: Callable[..., Result], *args: Any) -> Result:
         loop = asyncio.get_running_loop()

@@ -55,6 +55,7 @@ class Forwarder:
         self.config = config
         self.upstream = UpstreamPool(config.connect_timeout, config.idle_timeout)
         self._key: bytes | None = None
+        self._bearers: dict[str, tuple[bytes, bytes]] = {}  # by job token
 
     async def forward(self, request: IncomingRequest, job: JobRecord, target: str) -> Reply:
         """The job's answer to ``request``, its body still to be read from the job."""
@@ -100,12 +101,17 @@ class Forwarder:
         return response.status
 
     def _bearer(self, job: JobRecord) -> tuple[bytes, bytes]:
-        if self._key is None:
-            try:
-                self._key = job_secret.load_key(self.config.state_dir)
-            except OSError as error:
-                raise RequestFailed(500, f"state_dir: {error}", exits.CONFIG) from None
-        return job_secret.bearer(self._key, job.token)
+        header = self._bearers.get(job.token)
+        if header is None:
+            if self._key is None:
+                try:
+                    self._key = job_secret.load_key(self.config.state_dir)
+                except OSError as error:
+                    raise RequestFailed(500, f"state_dir: {error}", exits.CONFIG) from None
+            if len(self._bearers) > 1024:  # tokens of jobs long gone
+                self._bearers.clear()
+            header = self._bearers[job.token] = job_secret.bearer(self._key, job.token)
+        return header
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 USAGE = "usage: saia-entrypoint --config /absolute/path/entrypoint.toml"
 # All that Slurm's commands, the jobs (sbatch hands its environment on) and a
@@ -19,8 +19,7 @@ class UsageError(Exception):
     """The forced command line itself is wrong: a mistake in authorized_keys."""
 
 
-@dataclass(frozen=True)
-class Invocation:
+class Invocation(NamedTuple):
     config: str  # plain str: pathlib would add to every start-up
     command: bytes | None  # SSH_ORIGINAL_COMMAND as sshd set it; None when absent
     environment: Mapping[str, str]  # for the commands it runs: KEPT_VARIABLES only

@@ -21,8 +21,8 @@ error raised is CommandRefused.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Union
+from enum import Enum
+from typing import NamedTuple, Union
 
 from saia.protocol import exits
 
@@ -45,34 +45,20 @@ class CommandRefused(Exception):
         self.exit_code = exit_code
 
 
-@dataclass(frozen=True)
-class KeepAlive:
-    pass
+# Plain classes, not dataclasses: every keep-alive is a process start, and importing
+# dataclasses costs more than all of this module.
+class Verb(Enum):
+    KEEP_ALIVE = "keep-alive"
+    STATUS = "status"
+    SESSION = "session"
 
 
-@dataclass(frozen=True)
-class Status:
-    pass
-
-
-@dataclass(frozen=True)
-class Session:
-    pass
-
-
-@dataclass(frozen=True)
-class Legacy:
+class Legacy(NamedTuple):
     text: str  # the whole request, UTF-8 without NUL or control characters but newlines
 
 
-Command = Union[KeepAlive, Status, Session, Legacy]
-
-
-_NO_ARGUMENTS: dict[str, Command] = {
-    "keep-alive": KeepAlive(),
-    "status": Status(),
-    "session": Session(),
-}
+Command = Union[Verb, Legacy]
+_VERBS = {verb.value: verb for verb in Verb}
 
 
 def parse(raw: bytes | str) -> Command:
@@ -125,11 +111,11 @@ def _verb_command(text: str) -> Command:
     if "" in tokens:
         raise CommandRefused("arguments are separated by exactly one space")
     verb, args = tokens[0], tokens[1:]
-    if verb not in _NO_ARGUMENTS:
+    if verb not in _VERBS:
         raise CommandRefused(f"unknown verb {_shown(verb)}")
     if args:
         raise CommandRefused(f"{verb} takes no arguments, not {len(args)}")
-    return _NO_ARGUMENTS[verb]
+    return _VERBS[verb]
 
 
 def _shown(value: str, limit: int = 40) -> str:

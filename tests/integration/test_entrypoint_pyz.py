@@ -108,7 +108,7 @@ def test_archive_holds_nothing_of_the_hub(pyz: Path) -> None:
         if top.endswith(".dist-info"):
             top = top.partition("-")[0]
         return (
-            name in ("__main__.py", "saia/__init__.py")
+            name in ("__main__.py", "__main__.pyc", "saia/__init__.py", "saia/__init__.pyc")
             or name.startswith(PACKAGES)
             or top in LIBRARIES
         )

@@ -10,26 +10,24 @@ from saia.protocol import exits
 from saia.protocol.grammar import (
     MAX_COMMAND_BYTES,
     CommandRefused,
-    KeepAlive,
     Legacy,
-    Session,
-    Status,
+    Verb,
     parse,
 )
 
 
 @pytest.mark.parametrize(
     ("line", "command"),
-    [(b"keep-alive", KeepAlive()), (b"status", Status()), (b"session", Session())],
+    [(b"keep-alive", Verb.KEEP_ALIVE), (b"status", Verb.STATUS), (b"session", Verb.SESSION)],
 )
 def test_every_verb_is_accepted(line: bytes, command: object) -> None:
     """Each verb of the grammar parses into its typed command."""
-    assert parse(line) == command
+    assert parse(line) is command
 
 
 def test_a_str_from_os_environ_parses_like_bytes() -> None:
     """A command given as str (os.environ's decoding) parses the same as its bytes."""
-    assert parse("session") == Session()
+    assert parse("session") is Verb.SESSION
 
 
 def test_a_command_with_newlines_is_a_legacy_request() -> None:

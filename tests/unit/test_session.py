@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -141,7 +141,7 @@ def entrypoint_context(tmp_path: Path, slurm: FakeSlurm, **changes: Any) -> Cont
         max_body_bytes=64 * 1024 * 1024,
     )
     return Context(
-        config=replace(config, **changes),
+        config=config._replace(**changes),
         read=lambda: b"",
         write=lambda data: None,
         clock=time.time,
