@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from saia.entrypoint import job_secret, legacy, upstream
+from saia.entrypoint import job_secret, legacy, queue, upstream
 from saia.entrypoint.context import Context, Read
 from saia.entrypoint.placement import keep_alive
 from saia.entrypoint.refusal import Refusal
@@ -41,7 +41,7 @@ def answer(text: str, context: Context) -> int:
             message = f"state_dir: cannot note demand: {error.strerror}"
             raise Refusal(message, exits.CONFIG) from None
     backends = [job for job in context.routes().running(request.service)
-                if config.allows_port(job.port)]  # fmt: skip
+                if queue.allowed(config, job)]  # fmt: skip
     if not backends:
         if config.login_node is not None:
             keep_alive(config, now, context.environment)  # a pass now, to start one

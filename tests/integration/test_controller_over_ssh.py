@@ -2,8 +2,9 @@
 
 The controller runs in a thread as ``saia controller`` runs it, built here
 from its parts (not from a config file) on RemoteSlurm over a ControlSession
-on an SshLink, as ``saia serve`` wires them. Jobs' ports are probed directly,
-as the dev nodes are all 127.0.0.1. The entrypoint's configuration is the
+on an SshLink, as ``saia serve`` wires them, and jobs are probed through it
+too (they answer only requests that carry their secret). The entrypoint's
+configuration is the
 entrypoint tests' one plus this test's own service, so that this test's
 controller owns its jobs alone.
 
@@ -26,7 +27,7 @@ import pytest
 from saia import catalog
 from saia.adapters.control_session import Answer, ControlSession
 from saia.adapters.lock import FileLock
-from saia.adapters.prober import HttpProber
+from saia.adapters.prober_remote import RemoteProber
 from saia.adapters.slurm_remote import EntrypointCalls, RemoteSlurm
 from saia.adapters.ssh_link import AnswerLost, SshLink
 from saia.adapters.store import SqliteStore
@@ -92,7 +93,8 @@ class HubController:
         self.hub.refresh()
         slurm = RemoteSlurm(through, timeout=60)
         rng = random.SystemRandom()
-        self.controller = Controller(self.hub, slurm, HttpProber(), SETTINGS, time.time, rng)
+        prober = RemoteProber(through)
+        self.controller = Controller(self.hub, slurm, prober, SETTINGS, time.time, rng)
         self.reports: list[PassReport] = []
         self.through = through
         self._lock = FileLock(folder / "saia.lock")
