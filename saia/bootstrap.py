@@ -25,8 +25,11 @@ from saia.demand import DemandTracker
 from saia.hub import Hub
 from saia.ports import Prober, Slurm
 from saia.protocol import demand as demand_notes
+from saia.protocol import job_secret
 from saia.proxy.backend import Backend, HttpBackend
 from saia.proxy.session_backend import SessionBackend
+
+JobSecret = Callable[[str], str]  # a job's secret from its token
 
 
 def hub_for(config: Config) -> Hub:
@@ -35,7 +38,7 @@ def hub_for(config: Config) -> Hub:
     return hub
 
 
-def local_slurm(config: Config) -> LocalSlurm:
+def local_slurm(config: Config, secret: JobSecret | None = None) -> LocalSlurm:
     settings = config.controller
     return LocalSlurm(
         LocalSlurmSettings(
@@ -49,8 +52,18 @@ def local_slurm(config: Config) -> LocalSlurm:
                 squeue=f"{settings.slurm_bin}/squeue",
                 scancel=f"{settings.slurm_bin}/scancel",
             ),
+            job_secret=secret,
         )
     )
+
+
+def job_secrets(config: Config) -> JobSecret | None:
+    """Login-node placement: each job's secret, by the entrypoint's key (None: no secrets)."""
+    folder = config.entrypoint_state_dir()
+    if folder is None:
+        return None
+    key = job_secret.load_key(str(folder))
+    return lambda token: job_secret.for_job(key, token)
 
 
 def ssh_link(ssh: SshSettings, hub: Hub) -> SshLink:
@@ -91,7 +104,9 @@ class ClusterAccess:
 def cluster_access(config: Config, hub: Hub) -> ClusterAccess:
     """Over the SSH link (hub placement), or on this host (login node)."""
     if config.placement is Placement.LOGIN_NODE:
-        return ClusterAccess(local_slurm(config), HttpProber(), HttpBackend)
+        secret = job_secrets(config)
+        return ClusterAccess(local_slurm(config, secret), HttpProber(job_secret=secret),
+                             lambda: HttpBackend(job_secret=secret))  # fmt: skip
     assert config.ssh is not None  # config.parse requires [ssh] for hub placement
     link = ssh_link(config.ssh, hub)
     link.wait_up(timeout=10.0)  # a first pass with the link still connecting is wasted
@@ -130,7 +145,7 @@ def controller_for(
 
 def legacy_demand(config: Config) -> OutsideDemand | None:
     """The login node's notes of legacy requests, when an unmodified SAIA hub sends them."""
-    folder = config.legacy_demand_from()
+    folder = config.entrypoint_state_dir()
     if folder is None:
         return None
     return lambda since: demand_notes.recent(str(folder), since)

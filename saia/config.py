@@ -53,10 +53,10 @@ class ControllerSettings:
     sbatch_args: tuple[str, ...] = ()  # e.g. ("--partition=gpu", "--account=llm")
     slurm_user: str = ""  # whose jobs saia lists and cancels; empty: any user's
     slurm_bin: str = "/usr/bin"  # where sbatch, squeue and scancel are
-    # Login-node placement behind an unmodified SAIA hub: the entrypoint's state_dir,
-    # whose notes of legacy requests count as demand; empty: none (saia serve's proxy
-    # counts its own requests).
-    legacy_demand_from: str = ""
+    # Login-node placement: the entrypoint's state_dir (the same account's). Its key
+    # gives the jobs saia starts here their secrets, and its notes of legacy requests
+    # (an unmodified SAIA hub's) count as demand. Empty: neither (jobs answer anyone).
+    entrypoint_state_dir: str = ""
 
 
 class Placement(StrEnum):
@@ -109,8 +109,8 @@ class Config:
     def sbatch_dir(self) -> Path:
         return _relative_to(self.path, self.controller.sbatch_dir)
 
-    def legacy_demand_from(self) -> Path | None:
-        folder = self.controller.legacy_demand_from
+    def entrypoint_state_dir(self) -> Path | None:
+        folder = self.controller.entrypoint_state_dir
         return _relative_to(self.path, folder) if folder else None
 
 
@@ -139,9 +139,9 @@ def parse(path: Path, data: Mapping[str, Any]) -> Config:
     ssh = _ssh(path, _table(path, data, "ssh")) if "ssh" in data else None
     if placement is Placement.HUB and ssh is None:
         raise ConfigError(path, "hub placement needs an [ssh] table", field="ssh")
-    if placement is Placement.HUB and controller.legacy_demand_from:
+    if placement is Placement.HUB and controller.entrypoint_state_dir:
         message = "only in login-node placement, where the entrypoint's state_dir is"
-        raise ConfigError(path, message, field="controller.legacy_demand_from")
+        raise ConfigError(path, message, field="controller.entrypoint_state_dir")
     raw_services = data.get("services", [])
     if not isinstance(raw_services, list):
         raise ConfigError(path, "'services' must be an array of tables ([[services]])")

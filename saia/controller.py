@@ -222,7 +222,9 @@ class Controller:
     def _probe(self, now: float) -> None:
         services = self.hub.state.active_services()
         targets = [
-            ProbeTarget(job.id, job.node, job.port, service.spec.probe_path, job.slurm_job_id)
+            ProbeTarget(
+                job.id, job.node, job.port, service.spec.probe_path, job.slurm_job_id, job.token
+            )
             for service in services.values()
             for job in service.jobs.values()
             if job.phase in (Phase.RUNNING, Phase.READY) and job.node

@@ -50,6 +50,7 @@ class ProbeTarget:
     port: int
     path: str
     slurm_job_id: str = ""  # how the login node names the job, for probes through it
+    token: str = ""  # the job's, from which its secret derives (saia.protocol.job_secret)
 
 
 @dataclass(frozen=True, slots=True)

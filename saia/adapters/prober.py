@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from uuid import UUID
 
 import httpx
@@ -21,10 +21,13 @@ from saia.ports import ProbeResult, ProbeTarget
 class HttpProber:
     """The Prober port over HTTP: ok means a 2xx answer; every failure becomes a result."""
 
-    def __init__(self, max_concurrency: int = 64) -> None:
+    def __init__(
+        self, max_concurrency: int = 64, job_secret: Callable[[str], str] | None = None
+    ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
         self.max_concurrency = max_concurrency
+        self.job_secret = job_secret  # jobs given a secret answer only requests with it
 
     def probe(self, targets: Sequence[ProbeTarget], timeout: float) -> dict[UUID, ProbeResult]:
         if not targets:
@@ -42,14 +45,22 @@ class HttpProber:
             timeout=timeout, limits=limits, trust_env=False, follow_redirects=False
         ) as client:
             results = await asyncio.gather(
-                *(_probe_one(client, turns, target, timeout) for target in targets)
-            )
+                *(_probe_one(client, turns, target, self._headers(target), timeout)
+                  for target in targets)
+            )  # fmt: skip
         return {target.job: result for target, result in zip(targets, results, strict=True)}
 
 
+    def _headers(self, target: ProbeTarget) -> dict[str, str]:
+        if self.job_secret is None or not target.token:
+            return {}
+        return {"authorization": f"Bearer {self.job_secret(target.token)}"}
+
+
 async def _probe_one(
-    client: httpx.AsyncClient, turns: asyncio.Semaphore, target: ProbeTarget, timeout: float
-) -> ProbeResult:
+    client: httpx.AsyncClient, turns: asyncio.Semaphore, target: ProbeTarget,
+    headers: dict[str, str], timeout: float,
+) -> ProbeResult:  # fmt: skip
     async with turns:
         started = time.perf_counter()
         if not 1 <= target.port <= 65535:  # below httpx, a bad port escapes as OverflowError
@@ -60,7 +71,7 @@ async def _probe_one(
             async with asyncio.timeout(timeout):
                 url = httpx.URL(scheme="http", host=target.host, port=target.port, path=target.path)
                 # Only the status matters: the body is never read.
-                async with client.stream("GET", url) as response:
+                async with client.stream("GET", url, headers=headers) as response:
                     status = response.status_code
         except TimeoutError:
             return _failed(started, f"no answer within {timeout:g} s")

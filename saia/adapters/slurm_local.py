@@ -19,7 +19,7 @@ import math
 import os
 import re
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
@@ -71,6 +71,9 @@ class LocalSlurmSettings:
     timeout: float = 30.0  # seconds per command; Slurm itself gives up after about 9 s
     # The commands' environment; None: saia's own. sbatch passes it on to the job.
     environment: Mapping[str, str] | None = None
+    # A job's secret from its token (saia.protocol.job_secret), for its environment;
+    # None: jobs get none and answer anyone.
+    job_secret: Callable[[str], str] | None = None
 
 
 class LocalSlurm:
@@ -107,6 +110,8 @@ class LocalSlurm:
             "SAIA_SERVICE": request.service,
             "SAIA_PORT": str(request.port),
         }
+        if self.settings.job_secret is not None:
+            job_environment["SAIA_JOB_SECRET"] = self.settings.job_secret(request.token)
         result = self._run(argv, self._environment((), job_environment))
         if result.returncode != 0:
             raise _unreachable(result) or SubmissionRejected(_describe(result))

@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import random
 
-from saia.entrypoint import job_secret, legacy, queue, upstream
+from saia.entrypoint import legacy, queue, upstream
 from saia.entrypoint.context import Context, Read
 from saia.entrypoint.placement import keep_alive
 from saia.entrypoint.refusal import Refusal
-from saia.protocol import demand, exits
+from saia.protocol import demand, exits, job_secret
 from saia.protocol.jobs import JobRecord
 
 

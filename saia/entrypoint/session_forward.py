@@ -8,7 +8,7 @@ from the job waits while the hub's window is closed, so a large response is
 never held here in full.
 
 Hop-by-hop headers are dropped both ways (HTTP/2 forbids them anyway); Host is
-the job's, and Authorization the job's secret (saia.entrypoint.job_secret): what
+the job's, and Authorization the job's secret (saia.protocol.job_secret): what
 the hub's client sent as its own is never passed on. Error messages name the
 job and the kind of failure, never a header, a body or the path, which may
 carry a key in its query.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from saia.entrypoint import job_secret
 from saia.entrypoint.config import EntrypointConfig
 from saia.entrypoint.session_messages import (
     BodyTooLarge,
@@ -33,7 +32,7 @@ from saia.entrypoint.upstream import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from saia.protocol import exits
+from saia.protocol import exits, job_secret
 from saia.protocol.jobs import JobRecord
 
 # Hop-by-hop headers, those set here (Host, Authorization) and the framing HTTP/2 replaces.

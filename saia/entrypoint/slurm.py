@@ -17,10 +17,9 @@ import sys
 from collections.abc import Mapping
 from datetime import timezone
 
-from saia.entrypoint import job_secret
 from saia.entrypoint.config import EntrypointConfig, ServiceRule
 from saia.entrypoint.refusal import Refusal
-from saia.protocol import exits
+from saia.protocol import exits, job_secret
 from saia.protocol import slurm as protocol
 from saia.protocol.jobs import JobRecord
 
@@ -65,7 +64,7 @@ class LoginSlurm:
         # Operator options come after saia's, so that they may override --time or --output.
         argv += [*account, *partition, *config.sbatch_args, script, str(port)]
         # The job learns its service and port from its environment as well as from $1,
-        # and its secret only from there (saia.entrypoint.job_secret).
+        # and its secret only from there (saia.protocol.job_secret).
         try:
             secret = job_secret.for_job(job_secret.load_key(config.state_dir), token)
         except OSError as error:

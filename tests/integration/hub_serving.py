@@ -25,7 +25,7 @@ import openai
 
 from saia import catalog, config
 from saia.domain.state import JobView
-from saia.entrypoint import job_secret
+from saia.protocol import job_secret
 from saia.proxy import key_commands
 from saia.serve import Serving
 from tests.integration.cluster import (

@@ -207,13 +207,13 @@ def test_saia_json_with_a_bad_service_names_it(tmp_path: Path) -> None:
     assert (caught.value.service, caught.value.field) == ("x", "inferences_per_instance")
 
 
-def test_legacy_demand_is_read_only_in_login_node_placement(tmp_path: Path) -> None:
-    """legacy_demand_from names the entrypoint's state_dir, relative to the file; in hub
+def test_the_entrypoints_state_dir_is_read_only_in_login_node_placement(tmp_path: Path) -> None:
+    """entrypoint_state_dir names the entrypoint's state_dir, relative to the file; in hub
     placement, where there is none, it is an error naming the field."""
-    noting = GOOD.replace("[controller]\n", '[controller]\nlegacy_demand_from = "state"\n')
-    assert load(write(tmp_path, noting)).legacy_demand_from() == tmp_path / "state"
-    assert load(write(tmp_path, GOOD)).legacy_demand_from() is None
+    noting = GOOD.replace("[controller]\n", '[controller]\nentrypoint_state_dir = "state"\n')
+    assert load(write(tmp_path, noting)).entrypoint_state_dir() == tmp_path / "state"
+    assert load(write(tmp_path, GOOD)).entrypoint_state_dir() is None
     ssh = '\n[ssh]\nhost = "login"\nuser = "saia"\nkey_file = "k"\nknown_hosts_file = "kh"\n'
     hub = noting.replace('placement = "login-node"', 'placement = "hub"') + ssh
-    with pytest.raises(ConfigError, match=r"controller\.legacy_demand_from"):
+    with pytest.raises(ConfigError, match=r"controller\.entrypoint_state_dir"):
         load(write(tmp_path, hub))

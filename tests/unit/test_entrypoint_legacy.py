@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from saia.entrypoint import job_secret, legacy
+from saia.entrypoint import legacy
 from saia.entrypoint.config import EntrypointConfig, ServiceRule
 from saia.entrypoint.context import Context
 from saia.entrypoint.legacy import LegacyRefused, LegacyRequest, parse_request, render
 from saia.entrypoint.legacy_relay import answer
 from saia.ports import SubmitRequest
-from saia.protocol import exits
+from saia.protocol import exits, job_secret
 from tests.fakes import FakeClock, FakeLoginSlurm, FakeSlurm
 
 NOW = 1_795_925_770.0  # Sun, 29 Nov 2026 04:16:10 UTC

@@ -25,13 +25,12 @@ import uvicorn
 
 from saia.adapters.session_client import SessionClient, SessionClosed, StreamReset
 from saia.domain.slurm import SlurmState
-from saia.entrypoint import job_secret
 from saia.entrypoint.config import EntrypointConfig, ServiceRule
 from saia.entrypoint.context import Context
 from saia.entrypoint.session import SessionServer, serve_session
 from saia.entrypoint.session_actions import SessionActions
 from saia.ports import SubmitRequest
-from saia.protocol import exits
+from saia.protocol import exits, job_secret
 from saia.protocol.h2_wire import AsyncioByteStream
 from tests.fakes import FakeClock, FakeLoginSlurm, FakeSlurm
 

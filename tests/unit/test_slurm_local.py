@@ -273,6 +273,23 @@ def test_jobs_get_saia_python(slurm: LocalSlurm, cluster: FakeCluster) -> None:
     assert call["env"]["FAKE_SLURM_STATE"] == str(cluster.state_file)
 
 
+def test_jobs_get_their_secret_in_the_environment_never_in_argv(
+    settings: LocalSlurmSettings, cluster: FakeCluster
+) -> None:
+    """With job_secret (login-node placement), SAIA_JOB_SECRET is the token's secret."""
+    LocalSlurm(replace(settings, job_secret=lambda token: f"secret-of-{token}")).submit(request())
+    (call,) = cluster.calls("sbatch")
+    assert call["env"]["SAIA_JOB_SECRET"] == "secret-of-0123456789abcdef"
+    assert not any("secret-of" in argument for argument in call["args"])
+
+
+def test_without_a_secret_jobs_get_none(slurm: LocalSlurm, cluster: FakeCluster) -> None:
+    """No job_secret configured: no SAIA_JOB_SECRET, and the job answers anyone."""
+    slurm.submit(request())
+    (call,) = cluster.calls("sbatch")
+    assert "SAIA_JOB_SECRET" not in call["env"]
+
+
 @pytest.mark.parametrize(
     ("seconds", "minutes"), [(0.5, 1), (59.0, 1), (60.0, 1), (61.0, 2), (3600.0, 60), (5400.5, 91)]
 )

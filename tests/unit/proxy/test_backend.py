@@ -66,10 +66,13 @@ async def body_of(upstream: UpstreamResponse) -> bytes:
     return body
 
 
-def run_with(server: Server, test: Callable[[HttpBackend, JobView], Awaitable[None]]) -> None:
+def run_with(
+    server: Server, test: Callable[[HttpBackend, JobView], Awaitable[None]],
+    backend_factory: Callable[[], HttpBackend] = HttpBackend,
+) -> None:  # fmt: skip
     async def main() -> None:
         listening = await asyncio.start_server(server.handle, "127.0.0.1", 0)
-        backend = HttpBackend()
+        backend = backend_factory()
         try:
             await test(backend, job_at(listening.sockets[0].getsockname()[1]))
         finally:
@@ -295,3 +298,26 @@ def test_a_pooled_connection_that_answers_garbage_is_closed() -> None:
         await asyncio.wait_for(server.gone.wait(), 5)  # the job sees the connection closed
 
     run_with(server, test)
+
+
+def test_with_job_secrets_each_request_presents_its_jobs() -> None:
+    """Login-node placement: the job's secret goes with every request as a Bearer token."""
+    server = Server(lambda n: OK)
+
+    async def test(backend: HttpBackend, job: JobView) -> None:
+        for _ in range(2):
+            await body_of(await backend.send(job, "GET", "/v1/models", [], b""))
+
+    run_with(server, test, lambda: HttpBackend(job_secret=lambda token: f"s3cret-{token}"))
+    assert all(b"authorization: Bearer s3cret-t\r\n" in request for request in server.requests)
+
+
+def test_without_job_secrets_no_authorization_is_sent() -> None:
+    """Without secrets (hub placement's entrypoint adds them), the backend adds none."""
+    server = Server(lambda n: OK)
+
+    async def test(backend: HttpBackend, job: JobView) -> None:
+        await body_of(await backend.send(job, "GET", "/v1/models", [], b""))
+
+    run_with(server, test)
+    assert b"authorization" not in server.requests[0].lower()

@@ -1,12 +1,13 @@
-"""Each job's secret, by which it knows that a request comes through this login node.
+"""Each job's secret, by which it knows that a request comes from saia.
 
 A job's port on a shared compute node is open to every user of the cluster.
 So each job gets a secret with its submission, in its environment (never on a
 command line, where ``ps`` would show it to everyone), and refuses requests
-that do not carry it as ``Authorization: Bearer``; only this entrypoint adds
-it. The secret is an HMAC of the job's token under a key that lives in the
-state folder (created on first use, mode 0600), so nothing per job is stored
-and a forwarded request costs one HMAC.
+that do not carry it as ``Authorization: Bearer``. The secret is an HMAC of the
+job's token under a key in the entrypoint's state folder (created on first
+use, mode 0600), so nothing per job is stored and a request costs one HMAC.
+The entrypoint presents it for the hub; in login-node placement saia's own
+proxy and controller, run by the same account, read the same key.
 """
 
 from __future__ import annotations
