@@ -397,6 +397,59 @@ def test_cancel_ends_the_job_and_requests_to_it_are_then_refused(link: Link) -> 
     assert "not running" in refused.error
 
 
+def test_an_unmodified_saia_hubs_first_request_starts_a_service_at_zero(link: Link) -> None:
+    """Login-node placement behind SAIA's own hub: the first legacy request for a service at
+    zero gets SAIA's 503 and starts a controller pass (saia tick, as the login node's
+    account); the job it starts has a secret, and the entrypoint's requests get its answer."""
+    name = f"legacy-{secrets.token_hex(3)}"
+    account = pwd.getpwnam(link.user)
+    folder = link.config.parent / f"hub-{name}"  # the account's: pytest's tmp is root's alone
+    folder.mkdir(mode=0o700)
+    os.chown(folder, account.pw_uid, account.pw_gid)
+    try:
+        legacy_drop_in(link, name, folder)
+    finally:
+        write_config(link)
+        subprocess.run(["scancel", f"--name=saia-{name}"], capture_output=True, check=False)
+        shutil.rmtree(folder)
+
+
+def legacy_drop_in(link: Link, name: str, folder: Path) -> None:
+    account = pwd.getpwnam(link.user)
+    hub_config = folder / "saia.toml"
+    hub_config.write_text(
+        'placement = "login-node"\n'
+        f'[store]\npath = "{folder / "saia.db"}"\n'
+        f'[controller]\nentrypoint_state_dir = "{link.config.parent / "entrypoint-state"}"\n'
+        f'sbatch_dir = "{REPO / "sbatch"}"\njob_python = "{REPO / ".venv" / "bin" / "python"}"\n'
+        f'job_output_dir = "{os.environ["SAIA_JOB_OUTPUT_DIR"]}"\nslurm_user = "{link.user}"\n'
+        f'[[services]]\nid = "{name}"\nsbatch = "testservice.sbatch"\n'
+        "minimum_number_instances = 0\nmaximum_number_instances = 1\njob_expiry_time = 5\n"
+        f"lead_time = 60\nport_min = {PORT_MIN + 500}\nport_max = {PORT_MAX}\n"
+    )
+    saia = [str(REPO / ".venv" / "bin" / "saia"), "--config", str(hub_config)]
+    init = subprocess.run([*saia, "init"], user=account.pw_uid, group=account.pw_gid,
+                          capture_output=True, timeout=60, check=False)  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    tick = json.dumps([*saia, "tick"])
+    write_config(link, login_node=f"controller_command = {tick}\nmin_interval = 1",
+                 **{f"services.{name}": '{ sbatch = "testservice.sbatch", time_limit = 5 }'})
+    first = link.run(legacy_command(name, "/v1/models", "GET"))
+    assert first.stdout.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    answered: list[bytes] = []
+
+    def answers() -> bool:
+        answered.append(link.run(legacy_command(name, "/v1/models", "GET")).stdout)
+        return answered[-1].startswith(b"HTTP/1.1 200 OK\r\n")
+
+    wait_until("the job saia tick started to answer", answers, timeout=90)
+    assert json.loads(answered[-1].partition(b"\r\n\r\n")[2])["data"][0]["id"] == name
+    (job,) = [found for found in saia_jobs(link) if found.service == name and found.running]
+    with pytest.raises(urllib.error.HTTPError) as refused:  # no secret, no answer
+        urllib.request.urlopen(f"http://{job.batch_host}:{job.port}/v1/models", timeout=5)
+    assert refused.value.code == 401
+
+
 # -- what the key must not do ----------------------------------------------------
 
 
