@@ -36,9 +36,10 @@ most), so every path ends at the same process. Figures, in one run:
 - streamed requests with one client: time to the first event and to the end;
 - ``saia-entrypoint keep-alive`` from start to exit, run as sshd runs it (the forced
   command from authorized_keys through the user's shell, as the key's user, with
-  SSH_ORIGINAL_COMMAND), beside a bare start of the same Python; and keep-alive,
-  jobs and probe over ssh on a kept OpenSSH connection (ControlMaster): wall time
-  and the login node's CPU a run.
+  SSH_ORIGINAL_COMMAND), beside a bare start of the same Python; and keep-alive
+  over ssh on a kept OpenSSH connection (ControlMaster), with ``jobs`` and
+  ``probe`` where the entrypoint still has them (before issue 12 the hub sent
+  them as verbs while idle): wall time and the login node's CPU a run.
 
 Only processes, HTTP, Slurm's commands and /proc are used, and saia's configuration
 files, so the script measures whatever the entrypoint and the hub are. ``saia
@@ -723,6 +724,14 @@ def watch_verbs(root: int, until: float) -> dict[str, int]:
     return counts
 
 
+def interpreter(command: str) -> str:
+    """The Python a forced command starts: its program, or this one for a console script
+    (a venv's saia-entrypoint runs this interpreter)."""
+    words = [word for word in shlex.split(command) if "=" not in word and word != "exec"]
+    program = words[0] if words else sys.executable
+    return program if "python" in os.path.basename(program) else sys.executable
+
+
 def keep_alive_direct(command: str, user: str, runs: int, expect: bytes = b"ok\n") -> list[float]:
     """Start-to-exit seconds of the forced command for ``keep-alive``, as sshd starts it:
     the user's shell with -c and the command, as that user, in its home, with sshd's
@@ -917,8 +926,9 @@ def bench(args: argparse.Namespace, stack: ExitStack) -> Results:
     if args.keep_alive_runs > 0:
         say(f"keep-alive: {args.keep_alive_runs} runs of {login.command!r}, then over ssh")
         results.keep_alive = keep_alive_direct(login.command, ssh.user, args.keep_alive_runs)
-        # The floor: the same interpreter started the same way, importing nothing of saia.
-        bare = f"exec {sys.executable} -c pass"
+        # The floor: the forced command's interpreter started the same way, importing
+        # nothing of saia.
+        bare = f"exec {interpreter(login.command)} -c pass"
         results.python_start = keep_alive_direct(bare, ssh.user, args.keep_alive_runs, b"")
         with kept_connection(ssh, folder) as (options, root):
             # The first channels pay for the connection's set-up.

@@ -224,10 +224,7 @@ class SshLink:
                 break
             if self._transport is current:
                 try:
-                    if self._check is None:
-                        self._heartbeat(current)
-                    else:
-                        self._check()
+                    self._keep_alive(current)
                 except LinkError as error:
                     self._drop(current, str(error))
             if self._transport is None:
@@ -259,6 +256,17 @@ class SshLink:
         log.warning("SSH link to %s lost: %s", self._where(), reason)
         transport.close()
         self._wake.set()
+
+    def _keep_alive(self, transport: paramiko.Transport) -> None:
+        if self._check is None:
+            self._heartbeat(transport)
+            return
+        try:
+            self._check()
+        except LinkError:
+            raise
+        except Exception as error:  # the check's bug must not end this thread
+            raise LinkError(f"keep-alive failed ({type(error).__name__})") from error
 
     def _heartbeat(self, transport: paramiko.Transport) -> None:
         answer = _execute(transport, "keep-alive", b"", self.settings.keepalive_timeout)

@@ -391,6 +391,23 @@ def test_keep_alives_over_the_session_start_no_process(link: Link, over_the_sess
         assert len(seen) >= 5  # the check the test would miss: a process per keep-alive
 
 
+def test_a_failing_keep_alive_check_drops_the_connection_and_a_bug_in_it_too(link: Link) -> None:  # noqa: F811
+    """The check given by check_with decides up and down; one that raises anything else
+    than LinkError counts as a failed keep-alive, and the link's thread goes on."""
+    with started(settings_for(link, keepalive_interval=0.2)) as (kept, changes):
+        assert changes.wait_for(True) == ""
+        failing = [True]
+
+        def check() -> None:
+            if failing[0]:
+                raise RuntimeError("a bug")
+
+        kept.check_with(check)
+        assert "keep-alive failed (RuntimeError)" in changes.wait_for(False)
+        failing[0] = False
+        assert changes.wait_for(True) == ""
+
+
 def _listed(slurm: RemoteSlurm, job_id: str) -> SlurmJob | None:
     return next((job for job in slurm.jobs() if job.job_id == job_id), None)
 
