@@ -1,10 +1,11 @@
-"""One persistent SSH connection from the hub to the login node, a channel per command.
+"""One persistent SSH connection from the hub to the login node, and channels on it.
 
 Opening an SSH connection costs 112-128 ms with paramiko; a new channel on a
-kept connection, with TCP_NODELAY, about 5 ms (plus, here, the start-up of the
-process sshd runs for it). So the link keeps one authenticated paramiko
-Transport and runs every command (always the login node's forced
-``saia-entrypoint``) on a fresh ``exec`` channel of it.
+kept connection, with TCP_NODELAY, about 5 ms (plus the start-up of the process
+sshd runs for it, always the login node's forced ``saia-entrypoint``). So the
+link keeps one authenticated paramiko Transport; the hub opens its few
+long-lived ``session`` channels on it (``open_channel``), and ``run`` runs a
+single command on a channel of its own.
 
 A background thread owns the connection's life: it connects, asks the
 entrypoint ``keep-alive`` every ``keepalive_interval``, and after a failure
