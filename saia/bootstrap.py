@@ -62,8 +62,7 @@ def job_secrets(config: Config) -> JobSecret | None:
     folder = config.entrypoint_state_dir()
     if folder is None:
         return None
-    key = job_secret.load_key(str(folder))
-    return lambda token: job_secret.for_job(key, token)
+    return job_secret.secrets_of(job_secret.load_key(str(folder)))
 
 
 def ssh_link(ssh: SshSettings, hub: Hub) -> SshLink:

@@ -50,7 +50,6 @@ class HttpProber:
             )  # fmt: skip
         return {target.job: result for target, result in zip(targets, results, strict=True)}
 
-
     def _headers(self, target: ProbeTarget) -> dict[str, str]:
         if self.job_secret is None or not target.token:
             return {}

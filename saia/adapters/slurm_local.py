@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,12 +33,10 @@ from saia.ports import (
     SubmitRequest,
 )
 from saia.protocol import slurm as protocol
-from saia.protocol.ids import SBATCH_NAME, SERVICE_ID
+from saia.protocol.ids import SBATCH_NAME, SERVICE_ID, SLURM_JOB_ID, TOKEN
 
 log = logging.getLogger(__name__)
 
-_JOB_ID = re.compile(r"[1-9][0-9]{0,9}")  # digits only: saia submits no arrays
-_TOKEN = re.compile(r"[0-9a-f]{16}")
 
 
 class InvalidSubmission(SubmissionRejected):
@@ -146,7 +143,7 @@ class LocalSlurm:
         return [slurm_job(record) for record in listing.jobs]
 
     def cancel(self, slurm_job_id: str) -> None:
-        if not _JOB_ID.fullmatch(slurm_job_id):
+        if not SLURM_JOB_ID.fullmatch(slurm_job_id):
             raise SlurmError(f"not a Slurm job id saia could have: {slurm_job_id!r}")
         argv = [self.settings.commands.scancel, *self._user_filter(), slurm_job_id]
         result = self._run(argv, self._environment(protocol.SCANCEL_VARIABLES, {}))
@@ -161,7 +158,7 @@ class LocalSlurm:
         script = self._script(request.sbatch)
         if not SERVICE_ID.fullmatch(request.service):
             raise InvalidSubmission(f"not a service id: {request.service!r}")
-        if not _TOKEN.fullmatch(request.token):
+        if not TOKEN.fullmatch(request.token):
             raise InvalidSubmission(f"not a token of 16 hex digits: {request.token!r}")
         if not 1 <= request.port <= 65535:
             raise InvalidSubmission(f"not a port: {request.port!r}")

@@ -75,7 +75,7 @@ async def _relay_to_one(
             try:
                 response = await pool.request(
                     job.batch_host, job.port, request.method, request.path,
-                    [*headers, job_secret.bearer(key, job.token)], body,
+                    [*headers, _bearer(key, job.token)], body,
                 )  # fmt: skip
             except upstream.UpstreamUnreachable:
                 continue
@@ -93,6 +93,10 @@ async def _relay_to_one(
     finally:
         await pool.aclose()
     return _answer(context, legacy.NO_BACKEND, now, exits.UNAVAILABLE)
+
+
+def _bearer(key: bytes, token: str) -> tuple[bytes, bytes]:
+    return (b"authorization", f"Bearer {job_secret.for_job(key, token)}".encode())
 
 
 def _answer(context: Context, fixed: legacy.Answer, now: float, exit_code: int) -> int:

@@ -26,7 +26,7 @@ from saia.entrypoint.placement import keep_alive
 from saia.entrypoint.refusal import Refusal
 from saia.entrypoint.session_forward import Forwarder
 from saia.entrypoint.session_messages import IncomingRequest, Reply, RequestFailed
-from saia.entrypoint.upstream import UpstreamError, UpstreamTimeout
+from saia.entrypoint.upstream import UpstreamError
 from saia.protocol import exits, ids
 from saia.protocol import session as paths
 from saia.protocol.jobs import JobRecord
@@ -79,7 +79,7 @@ class SessionActions:
 
     async def _probe(self, job_id: str, path: str) -> Reply:
         """Whether the job answers ``path`` with a 2xx within the probe timeout."""
-        job = await self._in_worker(queue.running_job, self.context, job_id)
+        job = await self._running_job(job_id)
         timeout = self.context.config.probe_timeout
         started = time.perf_counter()
         error = ""
@@ -89,7 +89,7 @@ class SessionActions:
                 error = f"HTTP {status}"
         except asyncio.TimeoutError:
             error = f"no answer within {timeout:g} s"
-        except (UpstreamTimeout, UpstreamError) as failed:
+        except UpstreamError as failed:
             error = f"{type(failed).__name__}: {failed}"
         record = {"ok": not error, "latency": time.perf_counter() - started, "error": error}
         return _ok(json.dumps(record, separators=(",", ":")).encode() + b"\n", JSON)
@@ -100,16 +100,15 @@ class SessionActions:
             raise RequestFailed(405, f"the request method is not one of {allowed}")
         if not paths.plain_target(target):
             raise RequestFailed(400, "the path must be a plain /path?query without '..'")
-        job = self._remembered(job_id)
-        if job is None:  # not in this session's fresh look: the file, or Slurm, on the worker
-            job = await self._in_worker(queue.running_job, self.context, job_id)
-        return await self.forwarder.forward(request, job, target)
+        return await self.forwarder.forward(request, await self._running_job(job_id), target)
 
-    def _remembered(self, job_id: str) -> JobRecord | None:
+    async def _running_job(self, job_id: str) -> JobRecord:
+        """saia's running job ``job_id``, from this session's fresh look at the queue when it
+        has it (no I/O, no thread); else from the cache file or Slurm, on the worker."""
         job = self.context.routes().remembered(job_id)
-        if job is None or not queue.allowed(self.context.config, job):
-            return None  # running_job says why
-        return job
+        if job is not None and queue.allowed(self.context.config, job):
+            return job
+        return await self._in_worker(queue.running_job, self.context, job_id)
 
     async def _in_worker(self, function: Callable[..., Result], *args: Any) -> Result:
         loop = asyncio.get_running_loop()

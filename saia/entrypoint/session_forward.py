@@ -16,7 +16,7 @@ carry a key in its query.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from saia.entrypoint.config import EntrypointConfig
 from saia.entrypoint.session_messages import (
@@ -53,8 +53,7 @@ class Forwarder:
     def __init__(self, config: EntrypointConfig) -> None:
         self.config = config
         self.upstream = UpstreamPool(config.connect_timeout, config.idle_timeout)
-        self._key: bytes | None = None
-        self._bearers: dict[str, tuple[bytes, bytes]] = {}  # by job token
+        self._secret: Callable[[str], str] | None = None  # made on first use
 
     async def forward(self, request: IncomingRequest, job: JobRecord, target: str) -> Reply:
         """The job's answer to ``request``, its body still to be read from the job."""
@@ -100,17 +99,12 @@ class Forwarder:
         return response.status
 
     def _bearer(self, job: JobRecord) -> tuple[bytes, bytes]:
-        header = self._bearers.get(job.token)
-        if header is None:
-            if self._key is None:
-                try:
-                    self._key = job_secret.load_key(self.config.state_dir)
-                except OSError as error:
-                    raise RequestFailed(500, f"state_dir: {error}", exits.CONFIG) from None
-            if len(self._bearers) > 1024:  # tokens of jobs long gone
-                self._bearers.clear()
-            header = self._bearers[job.token] = job_secret.bearer(self._key, job.token)
-        return header
+        if self._secret is None:
+            try:
+                self._secret = job_secret.secrets_of(job_secret.load_key(self.config.state_dir))
+            except OSError as error:
+                raise RequestFailed(500, f"state_dir: {error}", exits.CONFIG) from None
+        return (b"authorization", f"Bearer {self._secret(job.token)}".encode())
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

@@ -12,9 +12,11 @@ proxy and controller, run by the same account, read the same key.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
+from collections.abc import Callable
 
 KEY_BYTES = 32
 
@@ -44,6 +46,6 @@ def for_job(key: bytes, token: str) -> str:
     return hmac.new(key, token.encode("ascii"), hashlib.sha256).hexdigest()
 
 
-def bearer(key: bytes, token: str) -> tuple[bytes, bytes]:
-    """The Authorization header a job of ``token`` accepts."""
-    return (b"authorization", b"Bearer " + for_job(key, token).encode("ascii"))
+def secrets_of(key: bytes) -> Callable[[str], str]:
+    """``for_job`` under ``key``, remembered per token: a request costs a lookup, not an HMAC."""
+    return functools.lru_cache(maxsize=4096)(functools.partial(for_job, key))

@@ -200,7 +200,6 @@ class HttpBackend:
         # No read timeout: a generation may think for minutes before its first token.
         self._connect_timeout = connect_timeout
         self._job_secret = job_secret  # jobs given a secret answer only requests with it
-        self._bearers: dict[str, tuple[str, str]] = {}  # by job token
         self._max_idle = max_idle
         self._slots = asyncio.Semaphore(max_connections)  # more requests wait for a slot
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
@@ -241,19 +240,10 @@ class HttpBackend:
     ) -> bytes:
         head = [("host", f"{job.node}:{job.port}"), *headers]
         if self._job_secret is not None:
-            head.append(self._bearer(job.token))
+            head.append(("authorization", f"Bearer {self._job_secret(job.token)}"))
         if body or method in METHODS_WITH_BODY:
             head.append(("content-length", str(len(body))))
         return request_head(method, path, head) + body
-
-    def _bearer(self, token: str) -> tuple[str, str]:
-        header = self._bearers.get(token)
-        if header is None:
-            assert self._job_secret is not None
-            if len(self._bearers) > 1024:  # tokens of jobs long gone
-                self._bearers.clear()
-            header = self._bearers[token] = ("authorization", f"Bearer {self._job_secret(token)}")
-        return header
 
     def _reuse(self, key: tuple[str, int]) -> _Connection | None:
         idle = self._idle.get(key)
