@@ -59,6 +59,7 @@ def test_a_service_without_settings_is_submitted_as_before(folder: Path) -> None
     argv = submitted(folder)["argv"]
     assert argv == [
         "--parsable", "--job-name=saia-llm", f"--comment=saia:{TOKEN}:20001", "--time=30",
+        "--export=ALL",
         "--cpus-per-task=1", "--nodes=1", "--account=everyone",
         str(folder / "sbatch" / "vllm.sbatch"), "20001",
     ]  # fmt: skip
@@ -68,7 +69,7 @@ def test_a_services_options_follow_the_operators_so_that_they_win(folder: Path) 
     """The service's options come last (Slurm takes the last of a repeated option)."""
     argv = submitted(folder, partition="gpu", account="llm", gres="gpu:2", cpus_per_task=16,
                      mem="64G", constraint="a100", gpus="2")["argv"]  # fmt: skip
-    assert argv[4:] == [
+    assert argv[5:] == [
         "--cpus-per-task=1", "--nodes=1",
         "--partition=gpu", "--account=llm", "--gres=gpu:2", "--gpus=2", "--constraint=a100",
         "--mem=64G", "--cpus-per-task=16",

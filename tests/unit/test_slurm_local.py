@@ -243,6 +243,7 @@ def test_sbatch_argv(slurm: LocalSlurm, cluster: FakeCluster, sbatch_dir: Path) 
         "--job-name=saia-chat",
         "--comment=saia:0123456789abcdef:20001",
         "--time=60",
+        "--export=ALL",
         str(sbatch_dir / "testservice.sbatch"),
         "20001",
     ]
@@ -256,7 +257,7 @@ def test_sbatch_argv_with_output_dir_and_operator_options(
                                sbatch_args=("--partition=gpu", "--account=llm")))
     slurm.submit(request())
     (call,) = cluster.calls("sbatch")
-    assert call["args"][4:] == [
+    assert call["args"][5:] == [
         f"--output={tmp_path / 'out' / 'saia-%j.out'}",
         "--partition=gpu",
         "--account=llm",
@@ -413,11 +414,14 @@ def test_settings_must_use_absolute_paths(settings: LocalSlurmSettings) -> None:
         LocalSlurm(replace(settings, commands=SlurmCommands(squeue="squeue")))
 
 
-@pytest.mark.parametrize("arg", ["--job-name=x", "-Jx", "--comment=x", "--parsable"])
+@pytest.mark.parametrize(
+    "arg", ["--job-name=x", "-Jx", "--comment=x", "--parsable", "--export=NONE"]
+)
 def test_operator_options_cannot_take_saias_identity(
     settings: LocalSlurmSettings, arg: str
 ) -> None:
-    """Extra sbatch options may not rename the job or change its comment: saia finds it by those."""
+    """Extra sbatch options may not rename the job, change its comment (saia finds it by
+    those) or keep saia's variables from it."""
     with pytest.raises(ValueError, match="saia sets it itself"):
         LocalSlurm(replace(settings, sbatch_args=("--partition=gpu", arg)))
 
