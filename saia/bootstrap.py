@@ -53,6 +53,7 @@ def local_slurm(config: Config, secret: JobSecret | None = None) -> LocalSlurm:
                 scancel=f"{settings.slurm_bin}/scancel",
             ),
             job_secret=secret,
+            jobs=config.jobs,
         )
     )
 

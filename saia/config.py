@@ -22,6 +22,9 @@ from saia.adapters.store import PostgresStore, SqliteStore, StoreSettings
 from saia.domain.errors import InvalidSpec
 from saia.domain.reconcile import UnknownJobPolicy
 from saia.domain.spec import ServiceSpec
+from saia.protocol import job_settings
+from saia.protocol.ids import SERVICE_ID
+from saia.protocol.job_settings import JobSettings, JobSettingsError
 from saia.proxy.settings import ProxySettings
 
 
@@ -105,6 +108,9 @@ class Config:
     ssh: SshSettings | None = None
     proxy: ProxySettings = field(default_factory=ProxySettings)
     listen: Listen = field(default_factory=Listen)
+    # Login-node placement: each service's job settings ([jobs.<id>]); in hub placement
+    # they are the login node's (its entrypoint.toml).
+    jobs: Mapping[str, JobSettings] = field(default_factory=dict)
 
     def sbatch_dir(self) -> Path:
         return _relative_to(self.path, self.controller.sbatch_dir)
@@ -127,7 +133,7 @@ def load(path: Path) -> Config:
 
 
 def parse(path: Path, data: Mapping[str, Any]) -> Config:
-    _only(path, data, {"placement", "store", "controller", "proxy", "ssh", "services"}, "")
+    _only(path, data, {"placement", "store", "controller", "proxy", "ssh", "services", "jobs"}, "")
     try:
         placement = Placement(data.get("placement", Placement.HUB.value))
     except ValueError:
@@ -146,6 +152,10 @@ def parse(path: Path, data: Mapping[str, Any]) -> Config:
     if not isinstance(raw_services, list):
         raise ConfigError(path, "'services' must be an array of tables ([[services]])")
     services = services_from(path, raw_services)
+    jobs = _jobs(path, _table(path, data, "jobs"))
+    if placement is Placement.HUB and jobs:
+        message = "only in login-node placement: in hub placement, entrypoint.toml's [services]"
+        raise ConfigError(path, message, field="jobs")
     return Config(
         path=path,
         store=store,
@@ -155,7 +165,25 @@ def parse(path: Path, data: Mapping[str, Any]) -> Config:
         ssh=ssh,
         proxy=proxy,
         listen=listen,
+        jobs=jobs,
     )
+
+
+def _jobs(path: Path, data: Mapping[str, Any]) -> dict[str, JobSettings]:
+    """[jobs.<service id>]: the same keys, read by the same parser, as the login node's."""
+    jobs: dict[str, JobSettings] = {}
+    for service, table in data.items():
+        where = f"jobs.{service}"
+        if not SERVICE_ID.fullmatch(service):
+            raise ConfigError(path, "service ids are 1-128 of [A-Za-z0-9._-]", field=where)
+        if not isinstance(table, dict):
+            raise ConfigError(path, "must be a table", field=where)
+        _only(path, table, set(job_settings.KEYS), where)
+        try:
+            jobs[service] = job_settings.parse(table)
+        except JobSettingsError as error:
+            raise ConfigError(path, error.message, field=f"{where}.{error.field}") from None
+    return jobs
 
 
 def _ssh(path: Path, data: Mapping[str, Any]) -> SshSettings:

@@ -316,7 +316,7 @@ class Controller:
                     self.hub.log.save(job)
                     if not isinstance(error, SubmissionRejected):
                         raise
-                    log.warning("sbatch refused %s: %s", service, error)
+                    log.warning("submission of %s refused: %s", service, error)
                     return
                 job.submitted(slurm_id, at)
                 self.hub.log.save(job)

@@ -34,6 +34,7 @@ from saia.ports import (
 )
 from saia.protocol import slurm as protocol
 from saia.protocol.ids import SBATCH_NAME, SERVICE_ID, SLURM_JOB_ID, TOKEN
+from saia.protocol.job_settings import JobSettings
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ class LocalSlurmSettings:
     # A job's secret from its token (saia.protocol.job_secret), for its environment;
     # None: jobs get none and answer anyone.
     job_secret: Callable[[str], str] | None = None
+    # Each service's job settings (saia.toml's [jobs.<id>]): its options and variables.
+    jobs: Mapping[str, JobSettings] = field(default_factory=dict)
 
 
 class LocalSlurm:
@@ -103,6 +106,7 @@ class LocalSlurm:
         argv = self.sbatch_argv(request)
         # The job learns its service and port from its environment as well as from $1.
         job_environment = {
+            **self._job_settings(request.service).environment(),  # none of saia's names
             "SAIA_PYTHON": self.settings.job_python,
             "SAIA_SERVICE": request.service,
             "SAIA_PORT": str(request.port),
@@ -172,10 +176,15 @@ class LocalSlurm:
         ]
         if self.settings.job_output_dir is not None:
             argv.append(f"--output={self.settings.job_output_dir / 'saia-%j.out'}")
-        # Operator options come after saia's, so that they may override --time or --output.
+        # Operator options come after saia's, so that they may override --time or --output,
+        # and the service's own last: Slurm takes the last of an option given twice.
         argv.extend(self.settings.sbatch_args)
+        argv.extend(self._job_settings(request.service).sbatch_options())
         argv.extend([str(script), str(request.port)])
         return argv
+
+    def _job_settings(self, service: str) -> JobSettings:
+        return self.settings.jobs.get(service, JobSettings())
 
     def _script(self, name: str) -> Path:
         # A plain file name (no '/', no leading dot, so no '..'): a request can only

@@ -19,19 +19,27 @@ the submit lock is busy                ``submit`` and ``cancel``
 77 on cancel: not (or no more) listed  success: nothing of saia's is left to cancel
 64, 65, 77: refused                    SlurmError with the entrypoint's reason
 78: the login node is misconfigured    SlurmError naming the login node's config problem
+the hub and the login node disagree    ServiceMismatch, a SubmissionRejected (nothing sent)
 =====================================  ==================================================
 
-Two choices are the login node's, not the hub's: the sbatch script and the
-time limit of each service come from the entrypoint's configuration, so a
+Some choices are the login node's, not the hub's: each service's sbatch script,
+time limit and job settings come from the entrypoint's configuration, so a
 SubmitRequest's ``sbatch`` and ``walltime`` are not sent (a compromised hub
-must not pick what runs). The hub's ``job_expiry_time`` should match the
-login node's ``time_limit``, or its replacements come too late.
+must not pick what runs). They are compared instead: before a submit, the
+request is checked against the services the login node's ``/slurm/status``
+reports (looked at again once ALLOWLIST_MAX_AGE has passed), and a service the
+login node lacks, runs with another script or gives another time limit than
+the hub's ``job_expiry_time`` is not submitted: the two files must be set
+alike, or the hub would plan with a job that is not the one that runs.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 from saia.adapters.job_records import slurm_job
@@ -42,8 +50,23 @@ from saia.ports import SlurmError, SlurmTimeout, SlurmUnavailable, SubmissionRej
 from saia.protocol import exits, ids
 from saia.protocol import session as paths
 from saia.protocol.jobs import WireError, job_from_line
+from saia.protocol.slurm import walltime_minutes
 
 log = logging.getLogger(__name__)
+
+ALLOWLIST_MAX_AGE = 60.0  # seconds a look at the login node's services is trusted
+
+
+class ServiceMismatch(SubmissionRejected):
+    """The login node would not run the service as the hub's spec describes it."""
+
+
+@dataclass(frozen=True, slots=True)
+class AllowedService:
+    """A service as the login node's entrypoint.toml allows it."""
+
+    sbatch: str
+    time_limit: int  # minutes
 
 
 class Answer(Protocol):
@@ -64,17 +87,30 @@ class EntrypointCalls(Protocol):
 class RemoteSlurm:
     """The Slurm port, by asking saia-entrypoint on the login node."""
 
-    def __init__(self, entrypoint: EntrypointCalls, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        entrypoint: EntrypointCalls,
+        timeout: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         # The login node gives Slurm 30 s per command by default and waits as long for
         # its submit lock: a shorter timeout here would cut answers that are coming.
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
         self.entrypoint = entrypoint
         self.timeout = timeout
+        self.clock = clock
+        self._allowed: Mapping[str, AllowedService] = {}
+        self._allowed_at: float | None = None
 
     def submit(self, request: SubmitRequest) -> str:
-        """The Slurm job id; ``request.sbatch`` and ``request.walltime`` are the login node's."""
-        answer = self._call("POST", paths.SUBMIT, submit_body(request))
+        """The Slurm job id; ``request.sbatch`` and ``request.walltime`` are the login node's,
+        and must match what it allows (ServiceMismatch)."""
+        body = submit_body(request)
+        problem = mismatch(request, self.allowed())
+        if problem:
+            raise ServiceMismatch(f"the hub and the login node disagree: {problem}")
+        answer = self._call("POST", paths.SUBMIT, body)
         if answer.exit_code != exits.OK:
             raise _submit_error(answer)
         job_id = answer.body.decode("ascii", "replace").strip()
@@ -90,6 +126,18 @@ class RemoteSlurm:
         if answer.exit_code != exits.OK:
             raise SlurmError(_refusal("jobs", answer))
         return parse_jobs(answer.body)
+
+    def allowed(self) -> Mapping[str, AllowedService]:
+        """The login node's services, from a look at its status at most ALLOWLIST_MAX_AGE old."""
+        now = self.clock()
+        if self._allowed_at is None or now - self._allowed_at >= ALLOWLIST_MAX_AGE:
+            answer = self._call("GET", paths.STATUS)
+            if answer.exit_code == exits.TEMPORARY:
+                raise SlurmUnavailable(_refusal("status", answer))
+            if answer.exit_code != exits.OK:
+                raise SlurmError(_refusal("status", answer))
+            self._allowed, self._allowed_at = parse_status(answer.body), now
+        return self._allowed
 
     def cancel(self, slurm_job_id: str) -> None:
         if not ids.SLURM_JOB_ID.fullmatch(slurm_job_id):
@@ -127,6 +175,39 @@ def submit_body(request: SubmitRequest) -> bytes:
         raise InvalidSubmission(f"not a token of 16 hex digits: {request.token!r}")
     fields = {"service": request.service, "port": request.port, "token": request.token}
     return json.dumps(fields).encode()
+
+
+def mismatch(request: SubmitRequest, allowed: Mapping[str, AllowedService]) -> str:
+    """How the login node's allowlist disagrees with a request of the hub's; "" if it agrees."""
+    service = f"service {request.service!r}"
+    rule = allowed.get(request.service)
+    if rule is None:
+        return f"{service} is not configured on the login node (entrypoint.toml [services])"
+    if rule.sbatch != request.sbatch:
+        return f"{service} runs {rule.sbatch} on the login node, not {request.sbatch}"
+    minutes = walltime_minutes(request.walltime)
+    if rule.time_limit != minutes:
+        return (
+            f"{service} has time_limit = {rule.time_limit} on the login node, "
+            f"job_expiry_time = {minutes} on the hub (minutes)"
+        )
+    return ""
+
+
+def parse_status(body: bytes) -> dict[str, AllowedService]:
+    """The services of a ``/slurm/status`` answer; anything else in it is not read."""
+    try:
+        entries = json.loads(body)["services"]
+        allowed = {
+            entry["id"]: AllowedService(entry["sbatch"], entry["time_limit"]) for entry in entries
+        }
+    except (ValueError, KeyError, TypeError):
+        raise SlurmError(f"status answered what saia cannot read: {body[:80]!r}") from None
+    for service, rule in allowed.items():
+        plain = isinstance(service, str) and isinstance(rule.sbatch, str)
+        if not plain or not isinstance(rule.time_limit, int) or isinstance(rule.time_limit, bool):
+            raise SlurmError(f"status answered a service saia cannot read: {service!r}")
+    return allowed
 
 
 def parse_jobs(body: bytes) -> list[SlurmJob]:

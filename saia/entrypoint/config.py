@@ -12,9 +12,9 @@ field; the entrypoint then exits with exits.CONFIG (78). Example::
     job_python = "/opt/saia/.venv/bin/python"  # SAIA_PYTHON for the jobs
     port_min = 20000
     port_max = 29999
-    account = "llm"                        # sbatch --account; "" = none
-    partition = "gpu"                      # sbatch --partition; "" = the default
-    sbatch_args = ["--gres=gpu:1"]
+    account = "llm"                        # sbatch --account; "" = none; a service's own wins
+    partition = "gpu"                      # sbatch --partition; "" = the default; likewise
+    sbatch_args = ["--gres=gpu:1"]         # for every job, before a service's own options
     queue_cache_seconds = 2.0              # how long forward trusts a look at the queue
     slurm_timeout = 30.0
     connect_timeout = 5.0                  # to a job's port
@@ -31,6 +31,11 @@ field; the entrypoint then exits with exits.CONFIG (78). Example::
     [services.llama]
     sbatch = "vllm.sbatch"
     time_limit = 60                        # minutes (sbatch --time)
+    # Its jobs' settings, all optional (saia.protocol.job_settings): partition, account,
+    # gres, gpus, constraint, mem, cpus_per_task, container and env.
+    gres = "gpu:1"
+    container = "/opt/images/vllm.sif"     # the job's SAIA_CONTAINER_IMAGE
+    env = { SAIA_VLLM_MODEL = "/models/llama-3.1-8b-instruct" }
 
     [login_node]                           # only in login-node placement
     controller_command = ["/opt/saia/.venv/bin/saia", "--config", "/opt/saia/saia.toml",
@@ -45,9 +50,10 @@ import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from saia.protocol import job_settings
 from saia.protocol.ids import SBATCH_NAME, SERVICE_ID
+from saia.protocol.job_settings import SLURM_WORD, JobSettings, JobSettingsError
 
-SLURM_WORD = re.compile(r"[A-Za-z0-9_.,:+-]{1,128}")
 SBATCH_OPTION = re.compile(r"--([a-z][a-z-]{0,40})(=[A-Za-z0-9_.,:/@%+=-]{1,256})?")
 # Options saia sets itself, or that would run something other than an allowed script.
 RESERVED_SBATCH_OPTIONS = frozenset(
@@ -70,6 +76,7 @@ class ServiceRule(NamedTuple):
     id: str
     sbatch: str  # a file name in sbatch_dir
     time_limit: int = 60  # minutes
+    job: JobSettings = JobSettings()  # options, environment and container of its jobs
 
 
 class SlurmCommands(NamedTuple):
@@ -202,13 +209,17 @@ def _services(read: _Reader, data: Mapping[str, Any]) -> dict[str, ServiceRule]:
             raise ConfigError(read.path, where, "service ids are 1-128 of [A-Za-z0-9._-]")
         if not isinstance(entry, dict):
             raise ConfigError(read.path, where, "must be a table")
-        read.only(entry, {"sbatch", "time_limit"}, where)
+        read.only(entry, {"sbatch", "time_limit", *job_settings.KEYS}, where)
         sbatch = entry.get("sbatch")
         if not isinstance(sbatch, str) or not SBATCH_NAME.fullmatch(sbatch):
             message = "must be a plain file name in sbatch_dir"
             raise ConfigError(read.path, f"{where}.sbatch", message)
         time_limit = read.integer(entry, "time_limit", 60, 1, 365 * 24 * 60, where)
-        services[service_id] = ServiceRule(service_id, sbatch, time_limit)
+        try:
+            job = job_settings.parse(entry)
+        except JobSettingsError as error:
+            raise ConfigError(read.path, f"{where}.{error.field}", error.message) from None
+        services[service_id] = ServiceRule(service_id, sbatch, time_limit, job)
     return services
 
 

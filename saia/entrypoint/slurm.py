@@ -48,7 +48,7 @@ class LoginSlurm:
             raise Refusal(f"squeue: {error}", exits.TEMPORARY) from None
 
     def submit(self, rule: ServiceRule, port: int, token: str) -> str:
-        """The new job's id; the script and its time limit are this login node's choice."""
+        """The new job's id; the script, time limit and job settings are this login node's."""
         config = self.config
         script = os.path.join(config.sbatch_dir, rule.sbatch)
         if not os.path.isfile(script):
@@ -59,10 +59,10 @@ class LoginSlurm:
         ]
         if config.job_output_dir:
             argv.append(f"--output={os.path.join(config.job_output_dir, 'saia-%j.out')}")
-        account = [f"--account={config.account}"] if config.account else []
-        partition = [f"--partition={config.partition}"] if config.partition else []
-        # Operator options come after saia's, so that they may override --time or --output.
-        argv += [*account, *partition, *config.sbatch_args, script, str(port)]
+        # The operator's options come after saia's, and the service's own last: Slurm
+        # takes the last of an option given twice.
+        options = rule.job.sbatch_options(config.account, config.partition)
+        argv += [*config.sbatch_args, *options, script, str(port)]
         # The job learns its service and port from its environment as well as from $1,
         # and its secret only from there (saia.protocol.job_secret).
         try:
@@ -70,6 +70,7 @@ class LoginSlurm:
         except OSError as error:
             raise Refusal(f"state_dir: {error}", exits.CONFIG) from None
         job = {
+            **rule.job.environment(),  # none of saia's names (saia.protocol.job_settings)
             "SAIA_PYTHON": config.job_python or sys.executable,
             "SAIA_SERVICE": rule.id,
             "SAIA_PORT": str(port),

@@ -72,8 +72,9 @@ ALREADY_GONE = ("Invalid job id specified", "already completing or completed")
 # header lines), and scancel's (SCANCEL_INTERACTIVE would ask on stdin).
 SQUEUE_VARIABLES = ("SQUEUE_", "SLURM_TIME_FORMAT", "SLURM_CLUSTERS")
 SCANCEL_VARIABLES = ("SCANCEL_", "SLURM_CLUSTERS")
-# How saia finds its jobs again and reads sbatch's answer: not the operator's to change.
-SAIAS_OPTIONS = ("-J", "--job-name", "--comment", "--parsable")
+# How saia finds its jobs again, reads sbatch's answer and hands jobs their variables:
+# not the operator's to change.
+SAIAS_OPTIONS = ("-J", "--job-name", "--comment", "--parsable", "--export")
 
 
 def squeue_options(user: str | None) -> list[str]:
@@ -90,12 +91,15 @@ def squeue_options(user: str | None) -> list[str]:
 
 
 def identity_options(service: str, token: str, port: int, walltime: float) -> list[str]:
-    """sbatch's options that make a job saia's: its name, its comment and its time."""
+    """sbatch's options that make a job saia's: its name, its comment and its time, and
+    that it gets sbatch's environment, where saia puts the job's variables (--export=ALL
+    is sbatch's default, unless SBATCH_EXPORT or a site's setting says otherwise)."""
     return [
         "--parsable",
         f"--job-name={JOB_NAME_PREFIX}{service}",
         f"--comment=saia:{token}:{port}",
         f"--time={walltime_minutes(walltime)}",
+        "--export=ALL",
     ]
 
 

@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 
 from saia.adapters.control_session import ControlSession
-from saia.adapters.slurm_remote import RemoteSlurm
+from saia.adapters.slurm_remote import RemoteSlurm, ServiceMismatch
 from saia.adapters.ssh_link import Completed, LinkDown, SshLink, SshLinkSettings
 from saia.domain.slurm import SlurmJob
-from saia.ports import SlurmError, SubmissionRejected, SubmitRequest
+from saia.ports import SubmitRequest
 from tests.integration.test_entrypoint_ssh import (  # the entrypoint's config and the key
     REPO,
     SERVICE,
@@ -416,7 +416,8 @@ def test_remote_slurm_submits_lists_and_cancels(control: ControlSession) -> None
     """submit starts the configured script, jobs lists it, a retry finds it, cancel ends it."""
     slurm = RemoteSlurm(control, timeout=60)
     port, token = new_port(), secrets.token_hex(8)
-    request = SubmitRequest(SERVICE, "ignored-the-login-node-decides.sbatch", port, token, 60.0)
+    # As the login node's configuration has it (write_config): the hub's spec must agree.
+    request = SubmitRequest(SERVICE, "testservice.sbatch", port, token, 5 * 60.0)
     job_id = slurm.submit(request)
     try:
         seen = _listed(slurm, job_id)
@@ -434,10 +435,19 @@ def test_remote_slurm_submits_lists_and_cancels(control: ControlSession) -> None
 
 
 def test_remote_slurm_refusals_raise_the_ports_errors(control: ControlSession) -> None:
-    """An unconfigured service is a SlurmError with the login node's reason, not a rejection."""
+    """A service the login node lacks, or runs otherwise than the hub's spec says, is refused
+    before it is submitted, saying how the two disagree."""
     slurm = RemoteSlurm(control, timeout=60)
-    request = SubmitRequest("not-configured", "x.sbatch", new_port(), secrets.token_hex(8), 60.0)
-    with pytest.raises(SlurmError, match="not configured here") as raised:
-        slurm.submit(request)
-    assert not isinstance(raised.value, SubmissionRejected)
+    port, token = new_port(), secrets.token_hex(8)
+    for request, problem in (
+        (SubmitRequest("not-configured", "x.sbatch", port, token, 60.0),
+         "'not-configured' is not configured on the login node"),
+        (SubmitRequest(SERVICE, "vllm.sbatch", port, token, 5 * 60.0),
+         "runs testservice.sbatch on the login node, not vllm.sbatch"),
+        (SubmitRequest(SERVICE, "testservice.sbatch", port, token, 60.0),
+         "time_limit = 5 on the login node, job_expiry_time = 1 on the hub"),
+    ):  # fmt: skip
+        with pytest.raises(ServiceMismatch) as raised:
+            slurm.submit(request)
+        assert problem in str(raised.value)
     slurm.cancel("4000000000")  # a job nobody has: nothing of saia's to cancel

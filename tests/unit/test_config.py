@@ -217,3 +217,52 @@ def test_the_entrypoints_state_dir_is_read_only_in_login_node_placement(tmp_path
     hub = noting.replace('placement = "login-node"', 'placement = "hub"') + ssh
     with pytest.raises(ConfigError, match=r"controller\.entrypoint_state_dir"):
         load(write(tmp_path, hub))
+
+
+JOBS = """
+[jobs.llama]
+partition = "gpu"
+gres = "gpu:2"
+cpus_per_task = 16
+container = "/images/vllm.sif"
+env = { SAIA_VLLM_MODEL = "/models/llama", HF_HOME = "/models/hf" }
+"""
+
+
+def test_jobs_settings_are_read_in_login_node_placement(tmp_path: Path) -> None:
+    """[jobs.<id>] holds a service's job settings, read as the login node reads its own."""
+    job = load(write(tmp_path, GOOD + JOBS)).jobs["llama"]
+    assert job.sbatch_options() == ["--partition=gpu", "--gres=gpu:2", "--cpus-per-task=16"]
+    assert job.environment() == {"SAIA_VLLM_MODEL": "/models/llama", "HF_HOME": "/models/hf",
+                                 "SAIA_CONTAINER_IMAGE": "/images/vllm.sif"}  # fmt: skip
+    assert load(write(tmp_path, GOOD)).jobs == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ('[jobs.llama]\nenv = { LD_PRELOAD = "/tmp/x.so" }\n', "jobs.llama.env.LD_PRELOAD"),
+        ('[jobs.llama]\nenv = { SAIA_JOB_SECRET = "x" }\n', "jobs.llama.env.SAIA_JOB_SECRET"),
+        ('[jobs.llama]\ncpus_per_task = -1\n', "jobs.llama.cpus_per_task"),
+        ('[jobs.llama]\ngres = "gpu:1 --wrap=id"\n', "jobs.llama.gres"),
+        ('[jobs.llama]\ncontainer = "vllm.sif"\n', "jobs.llama.container"),
+        ('[jobs.llama]\nsbatch = "other.sbatch"\n', "jobs.llama.sbatch"),
+        ('[jobs."no/such"]\n', 'jobs.no/such'),
+        ("[jobs]\nllama = 1\n", "jobs.llama"),
+    ],
+)
+def test_bad_job_settings_name_the_file_and_field(tmp_path: Path, text: str, field: str) -> None:
+    """Each bad job setting is refused with the file and jobs.<id>.<key> named."""
+    path = write(tmp_path, GOOD + text)
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    assert (caught.value.path, caught.value.field) == (str(path), field)
+
+
+def test_jobs_settings_are_the_login_nodes_in_hub_placement(tmp_path: Path) -> None:
+    """With the hub placed away from Slurm, [jobs] is refused: entrypoint.toml sets them."""
+    ssh = '\n[ssh]\nhost = "login"\nuser = "saia"\nkey_file = "k"\nknown_hosts_file = "kh"\n'
+    hub = GOOD.replace('placement = "login-node"', 'placement = "hub"') + ssh + JOBS
+    with pytest.raises(ConfigError, match=r"entrypoint\.toml") as caught:
+        load(write(tmp_path, hub))
+    assert caught.value.field == "jobs"

@@ -30,6 +30,7 @@ from saia.ports import (
     SubmissionRejected,
     SubmitRequest,
 )
+from saia.protocol import job_settings
 from saia.protocol.slurm import SQUEUE_FORMAT, walltime_minutes
 
 # One script for all three commands, dispatching on the name it was run by, like
@@ -243,6 +244,7 @@ def test_sbatch_argv(slurm: LocalSlurm, cluster: FakeCluster, sbatch_dir: Path) 
         "--job-name=saia-chat",
         "--comment=saia:0123456789abcdef:20001",
         "--time=60",
+        "--export=ALL",
         str(sbatch_dir / "testservice.sbatch"),
         "20001",
     ]
@@ -256,13 +258,46 @@ def test_sbatch_argv_with_output_dir_and_operator_options(
                                sbatch_args=("--partition=gpu", "--account=llm")))
     slurm.submit(request())
     (call,) = cluster.calls("sbatch")
-    assert call["args"][4:] == [
+    assert call["args"][5:] == [
         f"--output={tmp_path / 'out' / 'saia-%j.out'}",
         "--partition=gpu",
         "--account=llm",
         str(sbatch_dir / "testservice.sbatch"),
         "20001",
     ]
+
+
+def test_a_services_job_settings_follow_the_operators_options(
+    settings: LocalSlurmSettings, cluster: FakeCluster, sbatch_dir: Path
+) -> None:
+    """The service's sbatch options come after sbatch_args (the last of an option wins) and
+    its variables and container reach sbatch's environment, never its command line."""
+    jobs = {"chat": job_settings.parse({
+        "partition": "gpu", "cpus_per_task": 8, "gres": "gpu:1", "container": "/i/vllm.sif",
+        "env": {"SAIA_VLLM_MODEL": "/models/chat"},
+    })}  # fmt: skip
+    slurm = LocalSlurm(replace(settings, sbatch_args=("--partition=cpu",), jobs=jobs))
+    slurm.submit(request())
+    (call,) = cluster.calls("sbatch")
+    assert call["args"][5:] == [
+        "--partition=cpu", "--partition=gpu", "--gres=gpu:1", "--cpus-per-task=8",
+        str(sbatch_dir / "testservice.sbatch"), "20001",
+    ]  # fmt: skip
+    assert call["env"]["SAIA_VLLM_MODEL"] == "/models/chat"
+    assert call["env"]["SAIA_CONTAINER_IMAGE"] == "/i/vllm.sif"
+    assert call["env"]["SAIA_SERVICE"] == "chat"
+    assert not any("/models" in argument for argument in call["args"])
+
+
+def test_other_services_get_none_of_a_services_job_settings(
+    settings: LocalSlurmSettings, cluster: FakeCluster
+) -> None:
+    """Settings apply to their own service only."""
+    jobs = {"other": job_settings.parse({"mem": "1G", "env": {"ONLY_OTHER": "1"}})}
+    LocalSlurm(replace(settings, jobs=jobs)).submit(request())
+    (call,) = cluster.calls("sbatch")
+    assert not any(argument.startswith("--mem") for argument in call["args"])
+    assert "ONLY_OTHER" not in call["env"]
 
 
 def test_jobs_get_saia_python(slurm: LocalSlurm, cluster: FakeCluster) -> None:
@@ -413,11 +448,14 @@ def test_settings_must_use_absolute_paths(settings: LocalSlurmSettings) -> None:
         LocalSlurm(replace(settings, commands=SlurmCommands(squeue="squeue")))
 
 
-@pytest.mark.parametrize("arg", ["--job-name=x", "-Jx", "--comment=x", "--parsable"])
+@pytest.mark.parametrize(
+    "arg", ["--job-name=x", "-Jx", "--comment=x", "--parsable", "--export=NONE"]
+)
 def test_operator_options_cannot_take_saias_identity(
     settings: LocalSlurmSettings, arg: str
 ) -> None:
-    """Extra sbatch options may not rename the job or change its comment: saia finds it by those."""
+    """Extra sbatch options may not rename the job, change its comment (saia finds it by
+    those) or keep saia's variables from it."""
     with pytest.raises(ValueError, match="saia sets it itself"):
         LocalSlurm(replace(settings, sbatch_args=("--partition=gpu", arg)))
 

@@ -10,7 +10,16 @@ import pytest
 
 from saia.adapters.control_session import Answer
 from saia.adapters.slurm_local import InvalidSubmission, SubmissionUnconfirmed
-from saia.adapters.slurm_remote import RemoteSlurm, parse_jobs, submit_body
+from saia.adapters.slurm_remote import (
+    ALLOWLIST_MAX_AGE,
+    AllowedService,
+    RemoteSlurm,
+    ServiceMismatch,
+    mismatch,
+    parse_jobs,
+    parse_status,
+    submit_body,
+)
 from saia.adapters.ssh_link import AnswerLost, LinkDown
 from saia.domain.slurm import SlurmJob, SlurmState
 from saia.ports import (
@@ -70,11 +79,25 @@ def remote(**answers: Reply) -> tuple[RemoteSlurm, FakeEntrypoint]:
 
 
 JOBS = "GET /slurm/jobs"
+STATUS = "GET /slurm/status"
+SUBMIT = "POST /slurm/submit"
 CANCEL_17 = "POST /slurm/cancel/17"
 
 
+def status(*services: tuple[str, str, int]) -> Answer:
+    """A /slurm/status answer as the entrypoint gives it, for (id, sbatch, time_limit)."""
+    rows = [{"id": s, "sbatch": b, "time_limit": t, "jobs": []} for s, b, t in services]
+    return ok(json.dumps({"services": rows, "unconfigured_jobs": [], "port_min": 20000,
+                          "port_max": 29999}).encode())  # fmt: skip
+
+
+AGREEING = status(("llama", "vllm.sbatch", 60), ("other", "testservice.sbatch", 5))
+
+
 def submitting(answer: Reply) -> tuple[RemoteSlurm, FakeEntrypoint]:
-    entrypoint = FakeEntrypoint(answer=lambda request: answer)
+    """A login node that allows REQUEST's service as the hub describes it, and answers its
+    submit with ``answer``."""
+    entrypoint = FakeEntrypoint(answer=lambda request: AGREEING if request == STATUS else answer)
     return RemoteSlurm(entrypoint), entrypoint
 
 
@@ -91,7 +114,7 @@ def test_submit_sends_service_port_and_token_but_not_script_or_walltime() -> Non
     """submit sends service, port and token; the login node picks the script and time."""
     slurm, entrypoint = submitting(ok(b"17\n"))
     assert slurm.submit(REQUEST) == "17"
-    [(request, body, timeout)] = entrypoint.sent
+    [(request, body, timeout)] = [sent for sent in entrypoint.sent if sent[0] != STATUS]
     assert (request, timeout) == ("POST /slurm/submit", 60.0)
     assert json.loads(body) == {"service": "llama", "port": 20001, "token": TOKEN}
 
@@ -277,6 +300,82 @@ def test_cancelling_a_job_the_login_node_does_not_list_is_done() -> None:
     """77 on cancel means no such saia job is left: cancelling is idempotent, as locally."""
     slurm, _ = remote(**{CANCEL_17: refused(exits.NOT_PERMITTED, "job 17 is not saia's")})
     slurm.cancel("17")
+
+
+# -- the login node's allowlist and the hub's services ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("request_", "problem"),
+    [
+        (SubmitRequest("absent", "vllm.sbatch", 20001, TOKEN, 3600.0),
+         "service 'absent' is not configured on the login node"),
+        (SubmitRequest("llama", "testservice.sbatch", 20001, TOKEN, 3600.0),
+         "service 'llama' runs vllm.sbatch on the login node, not testservice.sbatch"),
+        (SubmitRequest("llama", "vllm.sbatch", 20001, TOKEN, 7200.0),
+         "service 'llama' has time_limit = 60 on the login node, job_expiry_time = 120 on the hub"),
+    ],
+)  # fmt: skip
+def test_a_service_the_login_node_allows_otherwise_is_not_submitted(
+    request_: SubmitRequest, problem: str
+) -> None:
+    """A service missing on the login node, with another script or another time limit is
+    refused before the submit is sent, saying how the two sides disagree."""
+    slurm, entrypoint = submitting(ok(b"17\n"))
+    with pytest.raises(ServiceMismatch, match="the hub and the login node disagree") as raised:
+        slurm.submit(request_)
+    assert problem in str(raised.value)
+    assert isinstance(raised.value, SubmissionRejected)  # the controller backs off
+    assert [sent[0] for sent in entrypoint.sent] == [STATUS]
+
+
+def test_the_login_nodes_services_are_looked_at_again_once_a_minute() -> None:
+    """Submits within ALLOWLIST_MAX_AGE reuse one look at the status; a later one looks again,
+    so a corrected entrypoint.toml is seen."""
+    now = [0.0]
+    answers = {STATUS: status(("llama", "vllm.sbatch", 30)), SUBMIT: ok(b"17\n")}
+    entrypoint = FakeEntrypoint(answer=lambda request: answers[request])
+    slurm = RemoteSlurm(entrypoint, clock=lambda: now[0])
+    with pytest.raises(ServiceMismatch):
+        slurm.submit(REQUEST)
+    answers[STATUS] = AGREEING
+    now[0] = ALLOWLIST_MAX_AGE - 1
+    with pytest.raises(ServiceMismatch):
+        slurm.submit(REQUEST)
+    now[0] = ALLOWLIST_MAX_AGE
+    assert slurm.submit(REQUEST) == "17"
+    assert [sent[0] for sent in entrypoint.sent] == [STATUS, STATUS, SUBMIT]
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (LinkDown("down"), SlurmUnavailable),
+        (refused(exits.TEMPORARY, "Slurm did not answer"), SlurmUnavailable),
+        (refused(exits.CONFIG, "/etc/entrypoint.toml: field 'state_dir': missing"), SlurmError),
+        (ok(b"not json"), SlurmError),
+        (ok(b'{"services": [{"id": "llama"}]}'), SlurmError),
+        (ok(b'{"services": [{"id": "llama", "sbatch": "v", "time_limit": "60"}]}'), SlurmError),
+    ],
+)
+def test_a_status_that_cannot_be_had_or_read_stops_the_submit(
+    answer: Reply, error: type[Exception]
+) -> None:
+    """Without a readable allowlist nothing is submitted; the error says why."""
+    entrypoint = FakeEntrypoint(answer=lambda request: answer)
+    with pytest.raises(SlurmError) as raised:
+        RemoteSlurm(entrypoint).submit(REQUEST)
+    assert type(raised.value) is error
+    assert [sent[0] for sent in entrypoint.sent] == [STATUS]
+
+
+def test_the_status_report_is_read_into_allowed_services() -> None:
+    """parse_status reads each service's script and time limit from the entrypoint's report."""
+    assert parse_status(AGREEING.body) == {
+        "llama": AllowedService("vllm.sbatch", 60),
+        "other": AllowedService("testservice.sbatch", 5),
+    }
+    assert mismatch(REQUEST, parse_status(AGREEING.body)) == ""
 
 
 def test_timeout_must_be_positive() -> None:
