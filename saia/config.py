@@ -1,14 +1,13 @@
 """The configuration file: hub settings and the services to run.
 
 A TOML file (``saia.toml``). Services use the field names of SAIA's config.json,
-and ``import_saia_json`` reads such a file unchanged. Every problem raises a
-ConfigError naming the file, the service and the field; a file is validated in
-full before anything in it is used, so a bad file is never half-applied.
+though not always their meaning: saia.saia_import translates such a file. Every
+problem raises a ConfigError naming the file, the service and the field; a file is
+validated in full before anything in it is used, so a bad file is never half-applied.
 """
 
 from __future__ import annotations
 
-import json
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -236,20 +235,6 @@ def services_from(path: Path | str, raw: list[Any]) -> tuple[ServiceSpec, ...]:
         seen.add(spec.id)
         specs.append(spec)
     return tuple(specs)
-
-
-def import_saia_json(path: Path) -> tuple[ServiceSpec, ...]:
-    """Services from a SAIA config.json (its ``services`` list, or a bare list)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ConfigError(path, f"cannot read: {error.strerror}") from None
-    except json.JSONDecodeError as error:
-        raise ConfigError(path, f"not valid JSON: {error}") from None
-    services = data.get("services") if isinstance(data, dict) else data
-    if not isinstance(services, list):
-        raise ConfigError(path, "expected a 'services' list")
-    return services_from(path, services)
 
 
 def _store(path: Path, data: Mapping[str, Any]) -> StoreSettings:

@@ -1,14 +1,13 @@
-"""The configuration file and the SAIA config.json import: errors name file, service and field."""
+"""The configuration file: errors name file, service and field."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from saia.adapters.store import PostgresStore, SqliteStore
-from saia.config import ConfigError, Placement, import_saia_json, load
+from saia.config import ConfigError, Placement, load
 from saia.domain.reconcile import UnknownJobPolicy
 
 GOOD = """
@@ -182,29 +181,6 @@ def test_invalid_toml_and_missing_file_are_config_errors(tmp_path: Path) -> None
         load(write(tmp_path, "[[services]\n"))
     with pytest.raises(ConfigError, match="cannot read"):
         load(tmp_path / "absent.toml")
-
-
-def test_saia_config_json_imports_unchanged(tmp_path: Path) -> None:
-    """A SAIA config.json's services keep their field names and values."""
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps({"services": [{
-        "name": "Meta Llama 3.1 8B Instruct", "id": "meta-llama-3.1-8b-instruct",
-        "owned_by": "GWDG", "input": ["text"], "output": ["text"],
-        "sbatch": "vllm.sbatch", "inferences_per_instance": 4,
-        "minimum_number_instances": 1, "maximum_number_instances": 3, "job_expiry_time": 120,
-    }]}))
-    (spec,) = import_saia_json(path)
-    assert spec.id == "meta-llama-3.1-8b-instruct" and spec.owned_by == "GWDG"
-    assert spec.walltime == 120 * 60
-
-
-def test_saia_json_with_a_bad_service_names_it(tmp_path: Path) -> None:
-    """A bad entry in config.json names the file, the service and the field."""
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps([{"id": "x", "sbatch": "s", "inferences_per_instance": 0}]))
-    with pytest.raises(ConfigError) as caught:
-        import_saia_json(path)
-    assert (caught.value.service, caught.value.field) == ("x", "inferences_per_instance")
 
 
 def test_the_entrypoints_state_dir_is_read_only_in_login_node_placement(tmp_path: Path) -> None:
