@@ -8,6 +8,7 @@ validated in full before anything in it is used, so a bad file is never half-app
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -264,6 +265,10 @@ def _listen(path: Path, data: Mapping[str, Any]) -> Listen:
 
 
 MAX_HEAD_BYTES = 48 * 1024
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")  # an HTTP field name (a token)
+# Headers with the user's groups: the gateway that names the user names them too.
+GROUP_HEADERS = ("trusted_org_header", "trusted_unit_header", "trusted_groups_header",
+                 "trusted_portal_header")  # fmt: skip
 
 
 def _proxy(path: Path, data: Mapping[str, Any]) -> ProxySettings:
@@ -276,7 +281,28 @@ def _proxy(path: Path, data: Mapping[str, Any]) -> ProxySettings:
         # The login node's session refuses larger header lists, and with them the session.
         message = f"must be from 1024 to {MAX_HEAD_BYTES}"
         raise ConfigError(path, message, field="proxy.max_head_bytes")
+    _trusted_headers(path, settings)
     return settings
+
+
+def _trusted_headers(path: Path, settings: ProxySettings) -> None:
+    """Header names that can match, and groups only from the gateway that names the user."""
+    for name in ("trusted_user_header", *GROUP_HEADERS):
+        header = getattr(settings, name)
+        if header and not HEADER_NAME.fullmatch(header):
+            raise ConfigError(path, f"{header!r} is not a header name", field=f"proxy.{name}")
+    gateway = bool(settings.trusted_user_header) and not settings.require_api_key
+    for name in GROUP_HEADERS:
+        if getattr(settings, name) and not gateway:
+            # With keys, clients reach saia directly and could send any header.
+            message = ("needs trusted_user_header and require_api_key = false: only the gateway "
+                       "that names the user is trusted to name the user's groups")  # fmt: skip
+            raise ConfigError(path, message, field=f"proxy.{name}")
+    if settings.trusted_groups_header and (settings.trusted_org_header
+                                           or settings.trusted_unit_header):  # fmt: skip
+        message = ("organisation and unit come from the consumer groups or from headers of "
+                   "their own, not both")  # fmt: skip
+        raise ConfigError(path, message, field="proxy.trusted_groups_header")
 
 
 S = TypeVar("S", ControllerSettings, ProxySettings)

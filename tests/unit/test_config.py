@@ -138,6 +138,12 @@ def test_ssh_config_errors_name_the_field_and_the_file(
         ('[proxy]\nconnect_attempts = 0\n', "", "proxy.connect_attempts"),
         ('[proxy]\nunreachable_pause = 0\n', "", "proxy.unreachable_pause"),
         ('[proxy]\ntrusted_user_header = 7\n', "", "proxy.trusted_user_header"),
+        ('[proxy]\ntrusted_user_header = "x user"\n', "", "proxy.trusted_user_header"),
+        ('[proxy]\ntrusted_org_header = "x-org"\n', "", "proxy.trusted_org_header"),
+        ('[proxy]\nrequire_api_key = true\ntrusted_user_header = "x-user"\n'
+         'trusted_portal_header = "x-portal"\n', "", "proxy.trusted_portal_header"),
+        ('[proxy]\ntrusted_user_header = "x-user"\ntrusted_groups_header = "x-groups"\n'
+         'trusted_unit_header = "x-unit"\n', "", "proxy.trusted_groups_header"),
         ('[proxy]\nturbo = true\n', "", "proxy.turbo"),
     ],
 )
@@ -173,6 +179,18 @@ def test_the_proxy_table_sets_the_listening_address_and_the_proxy_settings(
     assert cfg.proxy.include_usage is True  # not in the file: the default
     plain = load(write(tmp_path, 'placement = "login-node"\n'))
     assert (plain.listen.host, plain.listen.port) == ("127.0.0.1", 8000)
+
+
+def test_the_groups_come_from_the_gateway_that_names_the_user(tmp_path: Path) -> None:
+    """Behind a gateway, as SAIA's hub behind Kong: the user, the consumer groups and the
+    portal, each from the header named."""
+    text = ('placement = "login-node"\n[proxy]\ntrusted_user_header = "x-consumer-custom-id"\n'
+            'trusted_groups_header = "x-consumer-groups"\n'
+            'trusted_portal_header = "inference-portal"\n')  # fmt: skip
+    proxy = load(write(tmp_path, text)).proxy
+    assert (proxy.trusted_groups_header, proxy.trusted_portal_header) == (
+        "x-consumer-groups", "inference-portal")
+    assert (proxy.trusted_org_header, proxy.trusted_unit_header) == ("", "")
 
 
 def test_invalid_toml_and_missing_file_are_config_errors(tmp_path: Path) -> None:
