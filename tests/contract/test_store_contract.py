@@ -431,4 +431,5 @@ class TestPostgresStore(StoreContract):
     ) -> None:
         """Checkpoints and accounting tables are created in the store's own schema."""
         ProjectionRunner(log, ProjectionDb.beside(log), projections()).catch_up()
-        assert {"saia_projections", "saia_accounting_v1_daily"} <= tables(postgres_test_db)
+        daily = f"saia_accounting_v{Accounting.VERSION}_daily"
+        assert {"saia_projections", daily} <= tables(postgres_test_db)
