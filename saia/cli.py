@@ -18,7 +18,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from saia import bootstrap, catalog, config, settings
+from saia import bootstrap, catalog, config, saia_import, settings
 from saia.adapters.store import EventLog
 from saia.controller import describe, run
 from saia.domain.errors import DomainError
@@ -29,7 +29,11 @@ from saia.serve import Serving
 from saia.status import report
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-STARTER = """\
+
+
+def starter(sbatch_dir: str = "sbatch") -> str:
+    """The configuration ``saia init`` writes when there is none."""
+    return f"""\
 # saia configuration. Relative paths are relative to this file.
 
 placement = "hub"       # the controller reaches Slurm through saia-entrypoint over SSH;
@@ -49,7 +53,7 @@ path = "saia.db"
 [controller]
 interval = 5            # seconds between controller passes
 unknown_jobs = "cancel" # what to do with a saia job in the queue the log does not know
-sbatch_dir = "sbatch"
+sbatch_dir = {_toml_value(sbatch_dir)}
 
 [proxy]                 # saia serve: the OpenAI-compatible API
 host = "127.0.0.1"      # put TLS (a gateway or reverse proxy) in front of it
@@ -134,23 +138,36 @@ def _open(args: argparse.Namespace) -> tuple[config.Config, Hub]:
 
 def _init(args: argparse.Namespace) -> int:
     path: Path = args.config
-    imported: tuple[ServiceSpec, ...] = ()
-    if args.from_saia:
-        imported = config.import_saia_json(args.from_saia)
+    imported = saia_import.read(args.from_saia) if args.from_saia else None
     if not path.exists():
-        path.write_text(STARTER + "".join(_service_toml(spec) for spec in imported))
+        path.write_text(_starter_for(path, imported))
         print(f"wrote {path}")
-    cfg, hub = _open(args)
-    try:
-        specs = {spec.id: spec for spec in cfg.services}
-        for spec in imported:
+    cfg = config.load(path)
+    specs = {spec.id: spec for spec in cfg.services}
+    if imported is not None:
+        # Not silent: what the import left out or assumed, and what the operator must do.
+        for note in (*imported.notes, *saia_import.placement_notes(cfg, imported)):
+            print(f"saia: note: {note}", file=sys.stderr)
+        for spec in imported.services:
             specs.setdefault(spec.id, spec)
+    hub = Hub(cfg.store)
+    try:
+        hub.refresh()
         for change in catalog.sync(hub, specs.values(), time.time(), prune=args.prune):
             detail = f" ({', '.join(change.fields)})" if change.fields else ""
             print(f"{change.what} {change.service}{detail}")
     finally:
         hub.close()
     return 0
+
+
+def _starter_for(path: Path, imported: saia_import.Imported | None) -> str:
+    """The starter configuration, with the imported services and their scripts' folder."""
+    if imported is None:
+        return starter()
+    folder = imported.script_folder()
+    sbatch_dir = "sbatch" if folder is None else saia_import.folder_setting(path, folder)
+    return starter(sbatch_dir) + "".join(_service_toml(spec) for spec in imported.services)
 
 
 def _status(args: argparse.Namespace) -> int:

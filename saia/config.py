@@ -1,14 +1,14 @@
 """The configuration file: hub settings and the services to run.
 
 A TOML file (``saia.toml``). Services use the field names of SAIA's config.json,
-and ``import_saia_json`` reads such a file unchanged. Every problem raises a
-ConfigError naming the file, the service and the field; a file is validated in
-full before anything in it is used, so a bad file is never half-applied.
+though not always their meaning: saia.saia_import translates such a file. Every
+problem raises a ConfigError naming the file, the service and the field; a file is
+validated in full before anything in it is used, so a bad file is never half-applied.
 """
 
 from __future__ import annotations
 
-import json
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -266,20 +266,6 @@ def services_from(path: Path | str, raw: list[Any]) -> tuple[ServiceSpec, ...]:
     return tuple(specs)
 
 
-def import_saia_json(path: Path) -> tuple[ServiceSpec, ...]:
-    """Services from a SAIA config.json (its ``services`` list, or a bare list)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ConfigError(path, f"cannot read: {error.strerror}") from None
-    except json.JSONDecodeError as error:
-        raise ConfigError(path, f"not valid JSON: {error}") from None
-    services = data.get("services") if isinstance(data, dict) else data
-    if not isinstance(services, list):
-        raise ConfigError(path, "expected a 'services' list")
-    return services_from(path, services)
-
-
 def _store(path: Path, data: Mapping[str, Any]) -> StoreSettings:
     backend = data.get("backend", "sqlite")
     if backend == "sqlite":
@@ -307,6 +293,10 @@ def _listen(path: Path, data: Mapping[str, Any]) -> Listen:
 
 
 MAX_HEAD_BYTES = 48 * 1024
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")  # an HTTP field name (a token)
+# Headers with the user's groups: the gateway that names the user names them too.
+GROUP_HEADERS = ("trusted_org_header", "trusted_unit_header", "trusted_groups_header",
+                 "trusted_portal_header")  # fmt: skip
 
 
 def _proxy(path: Path, data: Mapping[str, Any]) -> ProxySettings:
@@ -319,7 +309,28 @@ def _proxy(path: Path, data: Mapping[str, Any]) -> ProxySettings:
         # The login node's session refuses larger header lists, and with them the session.
         message = f"must be from 1024 to {MAX_HEAD_BYTES}"
         raise ConfigError(path, message, field="proxy.max_head_bytes")
+    _trusted_headers(path, settings)
     return settings
+
+
+def _trusted_headers(path: Path, settings: ProxySettings) -> None:
+    """Header names that can match, and groups only from the gateway that names the user."""
+    for name in ("trusted_user_header", *GROUP_HEADERS):
+        header = getattr(settings, name)
+        if header and not HEADER_NAME.fullmatch(header):
+            raise ConfigError(path, f"{header!r} is not a header name", field=f"proxy.{name}")
+    gateway = bool(settings.trusted_user_header) and not settings.require_api_key
+    for name in GROUP_HEADERS:
+        if getattr(settings, name) and not gateway:
+            # With keys, clients reach saia directly and could send any header.
+            message = ("needs trusted_user_header and require_api_key = false: only the gateway "
+                       "that names the user is trusted to name the user's groups")  # fmt: skip
+            raise ConfigError(path, message, field=f"proxy.{name}")
+    if settings.trusted_groups_header and (settings.trusted_org_header
+                                           or settings.trusted_unit_header):  # fmt: skip
+        message = ("organisation and unit come from the consumer groups or from headers of "
+                   "their own, not both")  # fmt: skip
+        raise ConfigError(path, message, field="proxy.trusted_groups_header")
 
 
 S = TypeVar("S", ControllerSettings, ProxySettings)

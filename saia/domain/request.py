@@ -26,17 +26,27 @@ class Request(Aggregate):
 
     class Started(Aggregate.Created):
         TOPIC = "saia.Request.Started"
-        class_version = 2
+        class_version = 3
         user: str
         service: str
         job: str  # empty while the request waits for a backend
         bytes_in: int
         key: str  # id of the API key presented; empty where keys are not required
+        # The user's organisation and unit, and the portal the request came through, as
+        # a trusted gateway named them; empty where none did.
+        org: str
+        unit: str
+        portal: str
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
             """Requests recorded before keys were named came with no key, or an unnamed one."""
             state["key"] = ""
+
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, Any]) -> None:
+            """Requests recorded before groups were named came with none."""
+            state["org"] = state["unit"] = state["portal"] = ""
 
     class Rejected(Event):
         """Refused without an answer from a backend (limits, no capacity, timeout)."""
@@ -79,12 +89,12 @@ class Request(Aggregate):
     @classmethod
     def start(
         cls, id: UUID, user: str, service: str, job: str, bytes_in: int, at: datetime,
-        key: str = "",
+        key: str = "", org: str = "", unit: str = "", portal: str = "",
     ) -> Request:  # fmt: skip
         # ``id`` is the proxy's request id; eventsourcing takes it as the aggregate id.
         return cls._create(
             cls.Started, id=id, user=user, service=service, job=job, bytes_in=bytes_in,
-            key=key, timestamp=at,
+            key=key, org=org, unit=unit, portal=portal, timestamp=at,
         )
 
     def reject(self, status: int, reason: str, at: datetime) -> None:

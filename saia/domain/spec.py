@@ -19,6 +19,7 @@ from saia.domain.errors import InvalidSpec
 from saia.protocol.ids import PROBE_PATH, SBATCH_NAME, SERVICE_ID
 
 MODALITY = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+DEFAULT_WALLTIME_MINUTES = 60  # job_expiry_time when a service names none
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +33,7 @@ class ServiceSpec:
     inferences_per_instance: int = 1
     minimum_number_instances: int = 0
     maximum_number_instances: int = 1
-    job_expiry_time: int = 60
+    job_expiry_time: int = DEFAULT_WALLTIME_MINUTES
     idle_time: float = 900.0
     cooldown: float = 300.0
     port_min: int = 20000

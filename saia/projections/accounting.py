@@ -1,5 +1,6 @@
-"""Accounting: usage per user, service and day (and per hour for the last days), and the
-time each service's jobs ran, as tables in the store's database.
+"""Accounting: usage per user, service and day (and per hour for the last days), each with
+the user's organisation, unit and portal, and the time each service's jobs ran, as tables
+in the store's database.
 
 Memory holds only what is open at the projection's position (requests started and
 not yet finished, jobs not yet ended) and the counts added since the last
@@ -31,7 +32,9 @@ COUNTERS = ("requests", "errors", "prompt_tokens", "completion_tokens", "bytes_i
 # Hourly rows are kept for this many days before the latest event.
 HOURLY_DAYS = 7
 
-Key = tuple[str, str, str]  # day or hour, user, service
+# Who a request is counted to, after its day or hour: a row of the tables each.
+Account = tuple[str, str, str, str, str]  # user, service, org, unit, portal
+ACCOUNT_COLUMNS = ("user_name", "service", "org", "unit", "portal")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,15 +49,20 @@ class Usage:
 
 
 def daily_usage(db: ProjectionDb) -> dict[tuple[str, str, str], Usage]:
-    """Every row of the daily table, by user, service and day."""
+    """Usage by user, service and day (over organisations, units and portals)."""
     daily = Accounting.tables(db, Accounting.VERSION)[0]
+    totals = ", ".join(f"SUM({name})" for name in COUNTERS)
     with db.reading() as cursor:
-        cursor.execute(f"SELECT user_name, service, day, {', '.join(COUNTERS)} FROM {daily}")
+        cursor.execute(f"SELECT user_name, service, day, {totals} FROM {daily} "
+                       "GROUP BY user_name, service, day")  # fmt: skip
         rows = cursor.fetchall()
-    return {(user, service, day): Usage(requests, errors, prompt, completion, bytes_in,
-                                        bytes_out, request_ms / 1000)
-            for user, service, day, requests, errors, prompt, completion, bytes_in, bytes_out,
-            request_ms in rows}  # fmt: skip
+    usage = {}
+    for user, service, day, *sums in rows:
+        # int(): PostgreSQL's SUM of a BIGINT is a NUMERIC, which arrives as a Decimal.
+        requests, errors, prompt, completion, bytes_in, bytes_out, request_ms = map(int, sums)
+        usage[(user, service, day)] = Usage(requests, errors, prompt, completion, bytes_in,
+                                            bytes_out, request_ms / 1000)  # fmt: skip
+    return usage
 
 
 def _hour_text(hour: int) -> str:
@@ -68,7 +76,7 @@ def _ms(seconds: float) -> int:
 
 class Accounting:
     NAME: ClassVar[str] = "accounting"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2  # 2: the organisation, unit and portal of each row
     LAZY: ClassVar[int] = 1  # reports read the tables: every catch-up writes them
     ADDITIVE: ClassVar[bool] = True
 
@@ -76,12 +84,12 @@ class Accounting:
         self._clear()
 
     def _clear(self) -> None:
-        # request -> user, service, hour of arrival (since the epoch), arrival (s), bytes in
-        self._open: dict[UUID, tuple[str, str, int, float, int]] = {}
+        # request -> its account, hour of arrival (since the epoch), arrival (s), bytes in
+        self._open: dict[UUID, tuple[Account, int, float, int]] = {}
         self._job_service: dict[UUID, str] = {}  # jobs requested and not ended
         self.running_since: dict[UUID, tuple[str, float]] = {}  # job -> service, start
         self.latest = 0.0  # time of the latest event applied
-        self._hourly: dict[tuple[int, str, str], list[int]] = {}  # counts since the checkpoint
+        self._hourly: dict[tuple[int, Account], list[int]] = {}  # counts since the checkpoint
         self._jobs: dict[str, list[int]] = {}  # service -> ms, jobs ended
 
     # -- checkpoints ---------------------------------------------------------------------
@@ -94,19 +102,21 @@ class Accounting:
 
     def create(self, db: ProjectionDb) -> list[str]:
         daily, hourly, jobs = self.tables(db, self.VERSION)
+        account = ", ".join(f"{name} TEXT NOT NULL" for name in ACCOUNT_COLUMNS)
         counters = ", ".join(f"{name} BIGINT NOT NULL" for name in COUNTERS)
+        key = ", ".join(ACCOUNT_COLUMNS)
         return [
-            f"CREATE TABLE IF NOT EXISTS {daily} (day TEXT NOT NULL, user_name TEXT NOT NULL, "
-            f"service TEXT NOT NULL, {counters}, PRIMARY KEY (day, user_name, service)){db.keyed}",
-            f"CREATE TABLE IF NOT EXISTS {hourly} (hour TEXT NOT NULL, user_name TEXT NOT NULL, "
-            f"service TEXT NOT NULL, {counters}, PRIMARY KEY (hour, user_name, service)){db.keyed}",
+            f"CREATE TABLE IF NOT EXISTS {daily} (day TEXT NOT NULL, {account}, {counters}, "
+            f"PRIMARY KEY (day, {key})){db.keyed}",
+            f"CREATE TABLE IF NOT EXISTS {hourly} (hour TEXT NOT NULL, {account}, {counters}, "
+            f"PRIMARY KEY (hour, {key})){db.keyed}",
             f"CREATE TABLE IF NOT EXISTS {jobs} (service TEXT PRIMARY KEY, "
             f"job_ms BIGINT NOT NULL, jobs BIGINT NOT NULL){db.keyed}",
         ]
 
     def snapshot(self) -> bytes:
         return orjson.dumps({
-            "open": [[k.hex, *v] for k, v in self._open.items()],
+            "open": [[k.hex, list(account), *rest] for k, (account, *rest) in self._open.items()],
             "jobs": {k.hex: v for k, v in self._job_service.items()},
             "running": {k.hex: v for k, v in self.running_since.items()},
             "latest": self.latest,
@@ -117,26 +127,29 @@ class Accounting:
         if snapshot is None:
             return
         data = orjson.loads(snapshot)
-        self._open = {UUID(k): (u, s, h, at, n) for k, u, s, h, at, n in data["open"]}
+        self._open = {UUID(k): ((a[0], a[1], a[2], a[3], a[4]), h, at, n)
+                      for k, a, h, at, n in data["open"]}  # fmt: skip
         self._job_service = {UUID(k): v for k, v in data["jobs"].items()}
         self.running_since = {UUID(k): (v[0], v[1]) for k, v in data["running"].items()}
         self.latest = data["latest"]
 
     def write(self, cursor: Cursor, db: ProjectionDb) -> None:
         daily, hourly, jobs = self.tables(db, self.VERSION)
-        texts = {hour: _hour_text(hour) for hour, _, _ in self._hourly}
-        days: dict[Key, list[int]] = {}
-        hours: dict[Key, list[int]] = {}
+        texts = {hour: _hour_text(hour) for hour, _ in self._hourly}
+        days: dict[tuple[str, Account], list[int]] = {}
+        hours: dict[tuple[str, Account], list[int]] = {}
         cutoff = self.hourly_cutoff()
-        for (hour, user, service), counts in self._hourly.items():
+        for (hour, account), counts in self._hourly.items():
             text = texts[hour]
-            total = days.setdefault((text[:10], user, service), [0] * len(COUNTERS))
+            total = days.setdefault((text[:10], account), [0] * len(COUNTERS))
             for i, n in enumerate(counts):
                 total[i] += n
             if text >= cutoff:
-                hours[(text, user, service)] = counts
-        cursor.executemany(_upsert(daily, "day"), [(*k, *v) for k, v in days.items()])
-        cursor.executemany(_upsert(hourly, "hour"), [(*k, *v) for k, v in hours.items()])
+                hours[(text, account)] = counts
+        cursor.executemany(_upsert(daily, "day"), [(day, *account, *v)
+                                                    for (day, account), v in days.items()])
+        cursor.executemany(_upsert(hourly, "hour"), [(hour, *account, *v)
+                                                     for (hour, account), v in hours.items()])
         cursor.execute(f"DELETE FROM {hourly} WHERE hour < ?", (cutoff,))
         cursor.executemany(
             f"INSERT INTO {jobs} AS t (service, job_ms, jobs) VALUES (?, ?, ?) "
@@ -165,7 +178,8 @@ class Accounting:
             handler(self, event, at)
 
     def _request_started(self, e: Request.Started, at: float) -> None:
-        self._open[e.originator_id] = (e.user, e.service, int(at) // 3600, at, e.bytes_in)
+        account = (e.user, e.service, e.org, e.unit, e.portal)
+        self._open[e.originator_id] = (account, int(at) // 3600, at, e.bytes_in)
 
     def _request_finished(self, e: Request.Finished, at: float) -> None:
         counts = self._close(e.originator_id, at)
@@ -187,8 +201,8 @@ class Accounting:
         opened = self._open.pop(request, None)
         if opened is None:
             return None
-        user, service, hour, started, bytes_in = opened
-        key = (hour, user, service)
+        account, hour, started, bytes_in = opened
+        key = (hour, account)
         counts = self._hourly.get(key)
         if counts is None:
             counts = self._hourly[key] = [0] * len(COUNTERS)
@@ -214,12 +228,13 @@ class Accounting:
 
 
 def _upsert(table: str, period: str) -> str:
+    key = ", ".join((period, *ACCOUNT_COLUMNS))
     names = ", ".join(COUNTERS)
-    marks = ", ".join("?" * (3 + len(COUNTERS)))
+    marks = ", ".join("?" * (1 + len(ACCOUNT_COLUMNS) + len(COUNTERS)))
     sums = ", ".join(f"{name} = t.{name} + excluded.{name}" for name in COUNTERS)
     return (
-        f"INSERT INTO {table} AS t ({period}, user_name, service, {names}) VALUES ({marks}) "
-        f"ON CONFLICT ({period}, user_name, service) DO UPDATE SET {sums}"
+        f"INSERT INTO {table} AS t ({key}, {names}) VALUES ({marks}) "
+        f"ON CONFLICT ({key}) DO UPDATE SET {sums}"
     )
 
 

@@ -18,8 +18,9 @@ from saia.demand import DemandTracker
 from saia.proxy.backend import Backend, Headers
 from saia.proxy.errors import ProxyError, error_body, error_response
 from saia.proxy.exchange import Exchange, WholeAnswer
+from saia.proxy.identity import Caller, trusted_caller
 from saia.proxy.intake import SERVICE_HEADER, Intake, by_header, parse, read_body
-from saia.proxy.keys import Caller, KeyChecker, bearer, key_id
+from saia.proxy.keys import KeyChecker, bearer, key_id
 from saia.proxy.limits import RateLimiter
 from saia.proxy.metering import Meter
 from saia.proxy.metrics import ProxyMetrics
@@ -54,9 +55,9 @@ def create_app(
     keys: KeyChecker | None = None,
     link_up: Callable[[], bool] | None = None,
 ) -> ASGIApp:
-    """``keys`` checks API keys when ``settings.require_api_key``; else the user comes from
-    the trusted header, or is anonymous. ``link_up`` tells /metrics whether the SSH link
-    to the login node is up (hub placement)."""
+    """``keys`` checks API keys when ``settings.require_api_key``; else the user (and the
+    user's groups) come from the trusted headers, or the user is anonymous. ``link_up``
+    tells /metrics whether the SSH link to the login node is up (hub placement)."""
     if settings.require_api_key and keys is None:
         raise ValueError("require_api_key is set but no key checker was given")
     router = Router(hub, demand, settings, wake)
@@ -211,22 +212,13 @@ def as_sent(scope: Scope) -> str:
 
 def authenticate(request: Request, settings: ProxySettings, keys: KeyChecker | None) -> Caller:
     if keys is None or not settings.require_api_key:
-        named = user_of(request, settings)
-        return Caller(named, f"user:{named}")
+        return trusted_caller(request.headers, settings)
     presented = bearer(request.headers.get("authorization"))
     user = None if presented is None else keys.user_of(presented)
     if presented is None or user is None:
         raise ProxyError(401, "the API key is missing, wrong or revoked", "invalid_api_key")
     key = key_id(presented)
     return Caller(user, f"key:{key}", key)
-
-
-def user_of(request: Request, settings: ProxySettings) -> str:
-    if settings.trusted_user_header:
-        user = request.headers.get(settings.trusted_user_header, "")
-        if user:
-            return user
-    return settings.anonymous_user
 
 
 def backend_headers(request: Request) -> Headers:

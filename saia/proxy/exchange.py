@@ -33,8 +33,8 @@ from saia.proxy.backend import (
     UpstreamResponse,
 )
 from saia.proxy.errors import ProxyError, error_body
+from saia.proxy.identity import Caller
 from saia.proxy.intake import Intake
-from saia.proxy.keys import Caller
 from saia.proxy.metering import Meter
 from saia.proxy.metrics import ProxyMetrics
 from saia.proxy.routing import Router
@@ -82,7 +82,8 @@ class Exchange:
         self.id: UUID = uuid4()
         self.job: JobView | None = None
         self.request = Request.start(self.id, caller.user, intake.service, "", len(intake.body),
-                                     now(), caller.key)  # fmt: skip
+                                     now(), caller.key, caller.org, caller.unit,
+                                     caller.portal)  # fmt: skip
         self._started: asyncio.Future[None] | None = None
         self._tried: set[UUID] = set()  # jobs that refused this request
         self._attempts = 0

@@ -23,13 +23,6 @@ SECRET_BYTES = 32
 
 
 @dataclass(frozen=True, slots=True)
-class Caller:
-    user: str  # whom the request is accounted to
-    limited_as: str  # whose rate limit it counts against: the key's, or the user's
-    key: str = ""  # the id of the key presented, if keys are required
-
-
-@dataclass(frozen=True, slots=True)
 class IssuedKey:
     aggregate: ApiKey  # to be saved; holds only the hash
     key: str  # shown to the user once, never stored

@@ -20,6 +20,12 @@ class ProxySettings:
     rate_limit_per_minute: int = 0  # requests per user and minute; 0: no limit
     require_api_key: bool = False  # keys issued as events; off: trusted header or anonymous
     trusted_user_header: str = ""  # e.g. "x-consumer-username" behind a gateway; "" = anonymous
+    # What the same gateway says of the user, recorded with each request for accounting;
+    # read only with trusted_user_header and without keys (saia.proxy.identity).
+    trusted_org_header: str = ""  # the user's organisation
+    trusted_unit_header: str = ""  # the user's unit of it
+    trusted_groups_header: str = ""  # or both from Kong's consumer groups: "x-consumer-groups"
+    trusted_portal_header: str = ""  # the portal asked through; SAIA's: "inference-portal"
     anonymous_user: str = "anonymous"
     connect_attempts: int = 3  # backends tried for one request on connection failures
     unreachable_pause: float = 5.0  # seconds a job that refused a connection gets no requests

@@ -24,7 +24,7 @@ from saia.replay.at_time import state_at
 from saia.replay.checkpoints import KeyFileError
 from saia.replay.events import as_dict, fields_text
 from saia.replay.progress import progress
-from saia.replay.reports import COLUMNS, Grouping, report
+from saia.replay.reports import Grouping, columns_and_values, report
 from saia.replay.selection import Selection
 from saia.replay.source import recorded
 from saia.replay.timeline import timeline
@@ -82,7 +82,9 @@ def _parser(default_config: Path) -> argparse.ArgumentParser:
     life.add_argument("--json", action="store_true")
     life.set_defaults(run=_timeline)
 
-    usage = commands.add_parser("accounting", help="usage by user, service, day, month or hour")
+    usage = commands.add_parser(
+        "accounting", help="usage by user, service, day, month, hour, org, unit or portal"
+    )
     usage.add_argument("--by", type=Grouping, choices=list(Grouping), default=Grouping.USER)
     usage.add_argument("--since", type=moment, help="from this day (hour, with --by hour) on")
     usage.add_argument("--until", type=moment, help="up to this day (hour) included")
@@ -214,10 +216,7 @@ def _accounting(args: argparse.Namespace) -> int:
     finally:
         db.close()
         log.close()
-    # Job-hours belong to a service, not to a user or a day: shown by service only.
-    shown = COLUMNS if args.by is Grouping.SERVICE else COLUMNS[:-1]
-    values = [tuple(getattr(row, column) for column in shown) for row in rows]
-    columns = (args.by.value, *shown[1:])
+    columns, values = columns_and_values(rows, args.by)
     if args.format == "json":
         output.json_lines(dict(zip(columns, row, strict=True)) for row in values)
     elif args.format == "csv":

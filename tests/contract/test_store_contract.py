@@ -211,13 +211,15 @@ class StoreContract:
     def test_an_event_of_a_later_class_version_keeps_its_version_and_fields(
         self, log: EventLog
     ) -> None:
-        """Request.Started (version 2) is stored with its class version, which eventsourcing's
-        upcasting reads, and comes back with the API key it names."""
-        log.save(Request.start(uuid4(), "alice", "chat", "", 10, at(0), key="a1b2"))
+        """Request.Started (version 3) is stored with its class version, which eventsourcing's
+        upcasting reads, and comes back with the API key and the groups it names."""
+        log.save(Request.start(uuid4(), "alice", "chat", "", 10, at(0), key="a1b2", org="GWDG",
+                               unit="AI", portal="chat-ai"))  # fmt: skip
         [stored] = log.recorder.select_notifications(start=None, limit=10)
-        assert orjson.loads(stored.state)["class_version"] == 2
+        assert orjson.loads(stored.state)["class_version"] == 3
         event = log.mapper.to_domain_event(stored)
         assert isinstance(event, Request.Started) and event.key == "a1b2"
+        assert (event.org, event.unit, event.portal) == ("GWDG", "AI", "chat-ai")
 
     def test_a_stale_save_raises_integrity_error(self, log: EventLog) -> None:
         """Two commands on the same version: the second to save loses, nothing is overwritten."""
@@ -429,4 +431,5 @@ class TestPostgresStore(StoreContract):
     ) -> None:
         """Checkpoints and accounting tables are created in the store's own schema."""
         ProjectionRunner(log, ProjectionDb.beside(log), projections()).catch_up()
-        assert {"saia_projections", "saia_accounting_v1_daily"} <= tables(postgres_test_db)
+        daily = f"saia_accounting_v{Accounting.VERSION}_daily"
+        assert {"saia_projections", daily} <= tables(postgres_test_db)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from saia.cli import main
 from saia.config import load
 from saia.hub import Hub
 from saia.proxy.keys import KeyChecker
+
+SAIA = Path(__file__).parent.parent / "data" / "saia"
 
 
 def saia(config: Path, *args: str) -> int:
@@ -44,6 +47,104 @@ def test_init_writes_a_starter_config_and_imports_saia_services(
     assert [s.id for s in load(config).services] == ["chat"]
     assert saia(config, "init") == 0  # idempotent: nothing new to record
     assert "registered" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("shape", ["config.json.example", "config.json"])
+def test_init_imports_saias_published_shapes_into_a_config_saia_loads(
+    config: Path, capsys: pytest.CaptureFixture[str], shape: str
+) -> None:
+    """Both of SAIA's shapes: saia.toml is written in saia's own format, with the lead
+    time, the script's walltime and the scripts' folder as sbatch_dir; saia loads it, the
+    service is registered, and what the import left out or needs is said on stderr."""
+    assert saia(config, "init", "--from-saia", str(SAIA / shape)) == 0
+    out, err = capsys.readouterr()
+    assert "registered example-service" in out
+    assert "saia: note: in hub placement the login node runs the scripts" in err
+    assert '[services.example-service] sbatch = "example-service.sbatch", time_limit = 1590' in err
+    assert ("chunk_size, type left out" in err) is (shape == "config.json")
+    cfg = load(config)
+    (spec,) = cfg.services
+    assert (spec.id, spec.sbatch, spec.lead_time, spec.job_expiry_time) == (
+        "example-service", "example-service.sbatch", 540.0, 1590)
+    assert cfg.sbatch_dir() == (SAIA / "sbatch").resolve()
+    assert saia(config, "status", "--json") == 0
+    assert json.loads(capsys.readouterr().out)[0]["service"] == "example-service"
+
+
+def test_init_points_sbatch_dir_at_the_scripts_beside_the_config(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Scripts in the config's own folder tree are written as a path relative to it."""
+    shutil.copytree(SAIA, tmp_path, dirs_exist_ok=True)
+    assert saia(config, "init", "--from-saia", str(tmp_path / "config.json.example")) == 0
+    assert 'sbatch_dir = "sbatch"' in config.read_text()
+    assert load(config).sbatch_dir() == tmp_path / "sbatch"
+
+
+def test_init_notes_scripts_in_several_folders(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Scripts in two folders: sbatch_dir keeps its default, and a note says to gather them."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    saia_json = tmp_path / "config.json"
+    saia_json.write_text(json.dumps({"services": [{"id": "x", "sbatch": "a/x.sbatch"},
+                                                  {"id": "y", "sbatch": "b/y.sbatch"}]}))
+    assert saia(config, "init", "--from-saia", str(saia_json)) == 0
+    assert "the scripts are in several folders" in capsys.readouterr().err
+    assert load(config).sbatch_dir() == tmp_path / "sbatch"
+
+
+def test_init_in_login_node_placement_refuses_scripts_outside_sbatch_dir(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Where saia runs the scripts itself, one it would not find is an error, and nothing
+    is registered."""
+    config.write_text('placement = "login-node"\n[controller]\nsbatch_dir = "elsewhere"\n')
+    assert saia(config, "init") == 0
+    before = events(config)
+    assert saia(config, "init", "--from-saia", str(SAIA / "config.json.example")) == 2
+    err = capsys.readouterr().err
+    assert "controller.sbatch_dir" in err and "example-service" in err
+    assert "Traceback" not in err
+    assert events(config) == before
+    config.write_text(f'placement = "login-node"\n[controller]\nsbatch_dir = "{SAIA}/sbatch"\n')
+    assert saia(config, "init", "--from-saia", str(SAIA / "config.json.example")) == 0
+    assert "registered example-service" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("job_expiry_time", "problem"),
+    [("9", "is not"), ("x:00", "is not"), ("1:99", "below 60"), (-1, "below zero"),
+     ("2-00:00:00", "must be below the walltime")],
+)
+def test_init_refuses_a_bad_saia_config_without_writing_anything(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    job_expiry_time: object, problem: str,
+) -> None:  # fmt: skip
+    """A bad job_expiry_time (or one beyond the walltime) exits 2 with the file, service and
+    field named; no saia.toml is written, and there is no traceback."""
+    copy = tmp_path / "saia-hpc"
+    shutil.copytree(SAIA, copy)
+    data = json.loads((copy / "config.json").read_text())
+    data["services"][0]["job_expiry_time"] = job_expiry_time
+    (copy / "config.json").write_text(json.dumps(data))
+    assert saia(config, "init", "--from-saia", str(copy / "config.json")) == 2
+    err = capsys.readouterr().err
+    assert "service 'example-service': field 'job_expiry_time'" in err and problem in err
+    assert str(copy / "config.json") in err and "Traceback" not in err
+    assert not config.exists()
+
+
+def test_init_refuses_a_missing_script_folder(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A config.json whose scripts' folder is not beside it: exit 2 naming the folder."""
+    shutil.copy(SAIA / "config.json", tmp_path / "config.json")
+    assert saia(config, "init", "--from-saia", str(tmp_path / "config.json")) == 2
+    err = capsys.readouterr().err
+    assert f"no folder {tmp_path / 'sbatch'}" in err and "field 'sbatch'" in err
+    assert not config.exists()
 
 
 def test_service_add_edit_remove_are_events(

@@ -1,14 +1,13 @@
-"""The configuration file and the SAIA config.json import: errors name file, service and field."""
+"""The configuration file: errors name file, service and field."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from saia.adapters.store import PostgresStore, SqliteStore
-from saia.config import ConfigError, Placement, import_saia_json, load
+from saia.config import ConfigError, Placement, load
 from saia.domain.reconcile import UnknownJobPolicy
 
 GOOD = """
@@ -139,6 +138,12 @@ def test_ssh_config_errors_name_the_field_and_the_file(
         ('[proxy]\nconnect_attempts = 0\n', "", "proxy.connect_attempts"),
         ('[proxy]\nunreachable_pause = 0\n', "", "proxy.unreachable_pause"),
         ('[proxy]\ntrusted_user_header = 7\n', "", "proxy.trusted_user_header"),
+        ('[proxy]\ntrusted_user_header = "x user"\n', "", "proxy.trusted_user_header"),
+        ('[proxy]\ntrusted_org_header = "x-org"\n', "", "proxy.trusted_org_header"),
+        ('[proxy]\nrequire_api_key = true\ntrusted_user_header = "x-user"\n'
+         'trusted_portal_header = "x-portal"\n', "", "proxy.trusted_portal_header"),
+        ('[proxy]\ntrusted_user_header = "x-user"\ntrusted_groups_header = "x-groups"\n'
+         'trusted_unit_header = "x-unit"\n', "", "proxy.trusted_groups_header"),
         ('[proxy]\nturbo = true\n', "", "proxy.turbo"),
     ],
 )
@@ -176,35 +181,24 @@ def test_the_proxy_table_sets_the_listening_address_and_the_proxy_settings(
     assert (plain.listen.host, plain.listen.port) == ("127.0.0.1", 8000)
 
 
+def test_the_groups_come_from_the_gateway_that_names_the_user(tmp_path: Path) -> None:
+    """Behind a gateway, as SAIA's hub behind Kong: the user, the consumer groups and the
+    portal, each from the header named."""
+    text = ('placement = "login-node"\n[proxy]\ntrusted_user_header = "x-consumer-custom-id"\n'
+            'trusted_groups_header = "x-consumer-groups"\n'
+            'trusted_portal_header = "inference-portal"\n')  # fmt: skip
+    proxy = load(write(tmp_path, text)).proxy
+    assert (proxy.trusted_groups_header, proxy.trusted_portal_header) == (
+        "x-consumer-groups", "inference-portal")
+    assert (proxy.trusted_org_header, proxy.trusted_unit_header) == ("", "")
+
+
 def test_invalid_toml_and_missing_file_are_config_errors(tmp_path: Path) -> None:
     """Unreadable or unparsable files are reported as ConfigError, not tracebacks."""
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(write(tmp_path, "[[services]\n"))
     with pytest.raises(ConfigError, match="cannot read"):
         load(tmp_path / "absent.toml")
-
-
-def test_saia_config_json_imports_unchanged(tmp_path: Path) -> None:
-    """A SAIA config.json's services keep their field names and values."""
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps({"services": [{
-        "name": "Meta Llama 3.1 8B Instruct", "id": "meta-llama-3.1-8b-instruct",
-        "owned_by": "GWDG", "input": ["text"], "output": ["text"],
-        "sbatch": "vllm.sbatch", "inferences_per_instance": 4,
-        "minimum_number_instances": 1, "maximum_number_instances": 3, "job_expiry_time": 120,
-    }]}))
-    (spec,) = import_saia_json(path)
-    assert spec.id == "meta-llama-3.1-8b-instruct" and spec.owned_by == "GWDG"
-    assert spec.walltime == 120 * 60
-
-
-def test_saia_json_with_a_bad_service_names_it(tmp_path: Path) -> None:
-    """A bad entry in config.json names the file, the service and the field."""
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps([{"id": "x", "sbatch": "s", "inferences_per_instance": 0}]))
-    with pytest.raises(ConfigError) as caught:
-        import_saia_json(path)
-    assert (caught.value.service, caught.value.field) == ("x", "inferences_per_instance")
 
 
 def test_the_entrypoints_state_dir_is_read_only_in_login_node_placement(tmp_path: Path) -> None:

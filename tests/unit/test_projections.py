@@ -20,7 +20,7 @@ from saia.projections.accounting import HOURLY_DAYS, Accounting, daily_usage
 from saia.projections.runner import ProjectionRunner
 from saia.projections.service_state import ServiceState
 from saia.replay.rebuild import contents, projections
-from saia.replay.reports import Grouping, report
+from saia.replay.reports import Grouping, columns_and_values, report
 
 T0 = datetime(2026, 11, 1, 23, 59, 0, tzinfo=UTC)
 
@@ -49,8 +49,11 @@ def run_job(hub: Hub, token: str, start: float, end: float | None) -> Job:
 
 
 def request(hub: Hub, user: str, start: float, seconds: float, status: int = 200,
-            tokens: tuple[int, int] = (10, 20)) -> None:
-    r = Request.start(uuid4(), user, "chat", "job", 100, at(start))
+            tokens: tuple[int, int] = (10, 20), groups: tuple[str, str, str] = ("", "", "")
+            ) -> None:  # fmt: skip
+    org, unit, portal = groups
+    r = Request.start(uuid4(), user, "chat", "job", 100, at(start), org=org, unit=unit,
+                      portal=portal)  # fmt: skip
     r.finish(status, "job", 500, tokens[0], tokens[1], at(start + seconds))
     hub.log.save(r)
 
@@ -73,6 +76,43 @@ def test_accounting_by_user_service_and_day(hub: Hub) -> None:
     assert (alice2.requests, alice2.errors, alice2.prompt_tokens) == (1, 1, 5)
     bob = usage[("bob", "chat", "2026-11-02")]
     assert (bob.requests, bob.errors, bob.bytes_in, bob.bytes_out) == (2, 1, 110, 500)
+
+
+def test_accounting_by_organisation_unit_and_portal(hub: Hub) -> None:
+    """Requests count to the organisation, unit and portal they came with; a unit within
+    its organisation; requests no gateway named groups for under the empty name."""
+    request(hub, "alice", 0, 1.0, groups=("GWDG", "AI", "chat-ai"))
+    request(hub, "alice", 10, 1.0, groups=("GWDG", "AI", "chat-ai"))
+    request(hub, "bob", 20, 1.0, groups=("GWDG", "HPC", "api"))
+    request(hub, "carol", 30, 1.0, tokens=(1, 2), groups=("UGOE", "AI", "chat-ai"))
+    request(hub, "dave", 40, 1.0)
+    hub.account()
+
+    def rows(grouping: Grouping) -> list[tuple[str, str, int, int]]:
+        return [(r.org, r.key, r.requests, r.prompt_tokens)
+                for r in report(hub.db, hub.accounting, grouping)]  # fmt: skip
+
+    assert rows(Grouping.ORG) == [("", "", 1, 10), ("", "GWDG", 3, 30), ("", "UGOE", 1, 1)]
+    assert rows(Grouping.UNIT) == [("", "", 1, 10), ("GWDG", "AI", 2, 20),
+                                   ("GWDG", "HPC", 1, 10), ("UGOE", "AI", 1, 1)]  # fmt: skip
+    assert rows(Grouping.PORTAL) == [("", "", 1, 10), ("", "api", 1, 10),
+                                     ("", "chat-ai", 3, 21)]  # fmt: skip
+    assert [(r.key, r.requests) for r in report(hub.db, hub.accounting, Grouping.USER)] == [
+        ("alice", 2), ("bob", 1), ("carol", 1), ("dave", 1)]
+    assert daily_usage(hub.db)[("alice", "chat", "2026-11-01")].requests == 2
+
+
+def test_a_report_as_a_table_names_its_columns_for_the_grouping(hub: Hub) -> None:
+    """By unit, the organisation comes first; job-hours are shown by service only."""
+    request(hub, "alice", 0, 1.0, groups=("GWDG", "AI", "chat-ai"))
+    hub.account()
+    columns, values = columns_and_values(report(hub.db, hub.accounting, Grouping.UNIT),
+                                         Grouping.UNIT)  # fmt: skip
+    assert columns[:3] == ("org", "unit", "requests") and "job_hours" not in columns
+    assert values == [("GWDG", "AI", 1, 0, 10, 20, 100, 500, 1.0)]
+    columns, _ = columns_and_values(report(hub.db, hub.accounting, Grouping.SERVICE),
+                                    Grouping.SERVICE)  # fmt: skip
+    assert (columns[0], columns[-1]) == ("service", "job_hours")
 
 
 def test_job_hours_count_ended_and_running_jobs(hub: Hub) -> None:
@@ -168,19 +208,21 @@ def test_a_changed_projection_is_built_again_and_its_old_version_dropped(
     state, usage = old.state.snapshot(), daily_usage(old.db)
     old.close()
 
-    monkeypatch.setattr(ServiceState, "VERSION", 2)
-    monkeypatch.setattr(Accounting, "VERSION", 2)
+    state_version, accounting_version = ServiceState.VERSION + 1, Accounting.VERSION + 1
+    monkeypatch.setattr(ServiceState, "VERSION", state_version)
+    monkeypatch.setattr(Accounting, "VERSION", accounting_version)
     new = Hub(store)
     assert new.refresh() == new.log.last_position()  # built from the start
     new.account()
     assert new.state.snapshot() == state
     assert daily_usage(new.db) == usage
-    assert new.db.versions(ServiceState.NAME) == [2]
-    assert new.db.versions(Accounting.NAME) == [2]
+    assert new.db.versions(ServiceState.NAME) == [state_version]
+    assert new.db.versions(Accounting.NAME) == [accounting_version]
     with new.db.reading() as cursor:
         cursor.execute("SELECT name FROM sqlite_master WHERE name LIKE 'saia_accounting_%'")
         assert {row[0] for row in cursor.fetchall()} == {
-            "saia_accounting_v2_daily", "saia_accounting_v2_hourly", "saia_accounting_v2_jobs"}
+            f"saia_accounting_v{accounting_version}_{table}"
+            for table in ("daily", "hourly", "jobs")}  # fmt: skip
     new.close()
     again = Hub(store)
     assert again.refresh() == 0  # checkpointed at the end of the build: nothing to apply

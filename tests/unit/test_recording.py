@@ -420,8 +420,9 @@ STORED_REJECTED = (
 
 
 def test_request_events_are_stored_as_they_always_were() -> None:
-    """Finished and Rejected keep their topics and state bytes; Started, now of version 2,
-    adds the key and its class version; the rows written before replay as they did."""
+    """Finished and Rejected keep their topics and state bytes; Started, now of version 3,
+    adds the key, the groups and its class version; the rows written before replay as
+    they did."""
     log = EventLog(MemoryStore())
     answered = Request.start(uuid4(), "alice", "chat", "", 900, T0)
     answered.finish(200, "job-a", 4000, 300, 150, T0 + timedelta(seconds=2))
@@ -432,7 +433,8 @@ def test_request_events_are_stored_as_they_always_were() -> None:
 
     version, topic, state = STORED_REQUEST[0]
     assert (stored[0].originator_version, stored[0].topic, stored[0].state) == (
-        version, topic, state[:-1] + b',"key":"","class_version":2}')
+        version, topic,
+        state[:-1] + b',"key":"","org":"","unit":"","portal":"","class_version":3}')
     assert [(s.originator_version, s.topic, s.state) for s in stored[1:]] == STORED_REQUEST[1:]
     assert (stored_refused[1].originator_version, stored_refused[1].topic,
             stored_refused[1].state) == STORED_REJECTED
@@ -442,6 +444,20 @@ def test_request_events_are_stored_as_they_always_were() -> None:
     assert (replayed.user, replayed.job, replayed.finished, replayed.version) == (
         "alice", "job-a", True, 2)
     assert log.repository.get(refused.id).finished
+
+
+def test_a_started_event_of_version_2_reads_back_with_no_groups() -> None:
+    """A Started recorded before groups were named (version 2, with its key) reads back in
+    the current shape: the key kept, no organisation, unit or portal."""
+    log = EventLog(MemoryStore())
+    version, topic, state = STORED_REQUEST[0]
+    v2 = state[:-1] + b',"key":"k1","class_version":2}'
+    log.recorder.insert_events([StoredEvent(uuid4(), version, topic, v2)])
+    [notification] = log.recorder.select_notifications(start=None, limit=1)
+    event = log.mapper.to_domain_event(notification)
+    assert isinstance(event, Request.Started)
+    assert (event.user, event.key, event.org, event.unit, event.portal) == ("alice", "k1", "",
+                                                                            "", "")  # fmt: skip
 
 
 def test_append_records_a_batch_in_order_as_the_recorder_would(log: EventLog) -> None:

@@ -78,6 +78,20 @@ class ReportsContract:
         assert lines[0].startswith("month,requests,errors")
         assert [line.split(",")[0] for line in lines[1:]] == ["2026-10", "2026-11"]
 
+    def test_accounting_by_org_unit_and_portal_of_a_log_without_groups(
+        self, config: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A log recorded before groups were named counts every request under the empty
+        organisation, unit and portal; by unit, the organisation is a column of its own."""
+        for grouping in ("org", "portal"):
+            rows = run(config, capsys, "accounting", "--by", grouping, "--format", "json")
+            assert [(row[grouping], row["requests"]) for row in rows] == [("", 60)]
+        assert main(["--config", str(config), "accounting", "--by", "unit",
+                     "--format", "csv"]) == 0  # fmt: skip
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].startswith("org,unit,requests,errors")
+        assert lines[1].startswith(",,60,")
+
     def test_bad_time_is_a_usage_error(self, config: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
         """A time that is not ISO-8601 exits 2 with argparse's message, not a traceback."""

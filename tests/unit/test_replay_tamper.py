@@ -143,7 +143,7 @@ class TamperContract:
         assert main(["--config", config, "verify"]) == 1
         err = capsys.readouterr().err
         assert "MISMATCH accounting at position 143: the stored projection differs" in err
-        assert "saia_accounting_v1_daily[" in err
+        assert f"saia_accounting_v{Accounting.VERSION}_daily[" in err
 
     def test_a_stored_service_state_unlike_the_log_fails_verify_naming_the_value(
         self, golden: GoldenLog, capsys: pytest.CaptureFixture[str]

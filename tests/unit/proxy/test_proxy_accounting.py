@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 
 import httpx
+import openai
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -14,12 +15,21 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 from saia import recording
+from saia.adapters.projection_db import ProjectionDb
+from saia.adapters.store import EventLog
 from saia.demand import DemandTracker
+from saia.domain.request import Request as RequestAggregate
+from saia.projections.accounting import Accounting
+from saia.projections.runner import ProjectionRunner
 from saia.proxy.app import create_app
 from saia.proxy.backend import HttpBackend
+from saia.proxy.keys import KeyChecker
 from saia.proxy.settings import ProxySettings
 from saia.recording import GroupCommitter
+from saia.replay.reports import Grouping, report
+from saia.replay.source import recorded
 from tests.unit.proxy.harness import SERVICE, Proxy, serving
+from tests.unit.proxy.test_proxy_keys import Keyring
 from tests.unit.test_recording import Outage
 
 
@@ -172,3 +182,80 @@ def test_a_stream_closed_by_its_client_after_done_is_recorded_as_answered(proxy:
         )
         assert [chunk.usage for chunk in stream if chunk.usage is not None]
         assert settled_usage(proxy, requests=1) == {"dora": (1, 0, 3, 1)}
+
+
+# Behind Kong, as SAIA's hub runs: the user's id, consumer groups and portal in headers.
+KONG = ProxySettings(trusted_user_header="x-consumer-custom-id",
+                     trusted_groups_header="x-consumer-groups",
+                     trusted_portal_header="inference-portal")  # fmt: skip
+
+
+def kong_client(url: str, user: str, groups: str, portal: str) -> openai.OpenAI:
+    named = {"x-consumer-custom-id": user, "x-consumer-groups": groups, "inference-portal": portal}
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", default_headers=named,
+                         max_retries=0)  # fmt: skip
+
+
+def groups_started(log: EventLog) -> set[tuple[str, str, str, str]]:
+    started = (r.event for r in recorded(log))
+    return {(e.user, e.org, e.unit, e.portal)
+            for e in started if isinstance(e, RequestAggregate.Started)}  # fmt: skip
+
+
+def accounting_by(log: EventLog, grouping: Grouping) -> list[tuple[str, str, int]]:
+    """(org, key, requests) per row of the report, built from the log apart."""
+    db, accounting = ProjectionDb.scratch(), Accounting()
+    try:
+        ProjectionRunner(log, db, [accounting]).catch_up()
+        return [(r.org, r.key, r.requests) for r in report(db, accounting, grouping)]
+    finally:
+        db.close()
+
+
+def test_the_gateways_groups_reach_the_recorded_requests_and_the_report(ready: Proxy) -> None:
+    """The organisation, unit and portal the trusted gateway names are recorded with each
+    request, and saia-replay accounting counts them by org, unit and portal."""
+    recorder = GroupCommitter(ready.log)
+    app = create_app(ready.hub, DemandTracker(), recorder, HttpBackend(), KONG, lambda: None)
+    with recorder, serving(app) as port:
+        url = f"http://127.0.0.1:{port}"
+        for user, groups, portal in [("u1", "org_GWDG, orgunit_AI", "chat-ai"),
+                                     ("u1", "org_GWDG, orgunit_AI", "api"),
+                                     ("u2", "users,org_UGOE,orgunit_AI", "chat-ai")]:
+            kong_client(url, user, groups, portal).chat.completions.create(
+                model=SERVICE, messages=[{"role": "user", "content": "hi"}])
+        refused = httpx.post(f"{url}/v1/completions", json={"model": SERVICE, "prompt": "x"},
+                             headers={"x-consumer-custom-id": "u3",
+                                      "x-consumer-groups": "org_" + "x" * 300})  # fmt: skip
+    assert (refused.status_code, refused.json()["error"]["code"]) == (400, "invalid_identity")
+    assert sum(n for n, *_ in settled_usage(ready, requests=3).values()) == 3
+    assert groups_started(ready.log) == {("u1", "GWDG", "AI", "chat-ai"),
+                                         ("u1", "GWDG", "AI", "api"),
+                                         ("u2", "UGOE", "AI", "chat-ai")}  # fmt: skip
+    assert accounting_by(ready.log, Grouping.ORG) == [("", "GWDG", 2), ("", "UGOE", 1)]
+    assert accounting_by(ready.log, Grouping.UNIT) == [("GWDG", "AI", 2), ("UGOE", "AI", 1)]
+    assert accounting_by(ready.log, Grouping.PORTAL) == [("", "api", 1), ("", "chat-ai", 2)]
+
+
+def test_untrusted_deployments_ignore_the_group_headers(ready: Proxy) -> None:
+    """Where no gateway is trusted (anonymous users) or keys name the user, headers naming
+    a user, organisation, unit or portal are not believed: none is recorded."""
+    keyring = Keyring()
+    keyed = ProxySettings(require_api_key=True, trusted_user_header="x-consumer-custom-id",
+                          trusted_groups_header="x-consumer-groups",
+                          trusted_portal_header="inference-portal")  # fmt: skip
+    anonymous = ProxySettings(trusted_groups_header="x-consumer-groups",
+                              trusted_portal_header="inference-portal")  # fmt: skip
+    for settings in (anonymous, keyed):
+        recorder = GroupCommitter(ready.log)
+        checker = KeyChecker(lambda: keyring.projection.keys)
+        app = create_app(ready.hub, DemandTracker(), recorder, HttpBackend(), settings,
+                         lambda: None, checker)  # fmt: skip
+        with recorder, serving(app) as port:
+            httpx.post(f"http://127.0.0.1:{port}/v1/completions",
+                       json={"model": SERVICE, "prompt": "x"},
+                       headers={"authorization": f"Bearer {keyring.issue('alice')}",
+                                "x-consumer-custom-id": "mallory",
+                                "x-consumer-groups": "org_EVIL,orgunit_X",
+                                "inference-portal": "forged"}).raise_for_status()  # fmt: skip
+    assert groups_started(ready.log) == {("anonymous", "", "", ""), ("alice", "", "", "")}
