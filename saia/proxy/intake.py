@@ -34,6 +34,8 @@ class Intake:
     streaming: bool
     body: bytes  # what goes to the backend
     method: str = "POST"
+    # The proxy asked for the stream's usage chunk, not the client: it is taken out.
+    usage_added: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,4 +153,4 @@ def forwarded(asked: Asked, service: str) -> Intake:
     elif asked.model_span is not None and renamed:
         start, end = asked.model_span
         body = b"".join((body[:start], service.encode(), body[end:]))
-    return Intake(service, asked.streaming, body, asked.method)
+    return Intake(service, asked.streaming, body, asked.method, usage_added=asked.add_usage)

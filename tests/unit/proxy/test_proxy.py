@@ -122,12 +122,13 @@ def test_request_waits_for_a_cold_service(proxy: Proxy) -> None:
 
 
 def test_waiting_stream_gets_keepalive_comments(proxy: Proxy) -> None:
-    """A stream that waits for a cold service receives SSE comments, then the answer."""
+    """A stream that waits for a cold service receives SSE comments, then the answer,
+    without the usage chunk that the proxy asked for and its client did not."""
     job = proxy.hub.add_job(SERVICE, proxy.backend_port, phase=Phase.SUBMITTED)
     lines = waiting_stream_lines(proxy, 3, lambda: proxy.hub.make_ready(SERVICE, job))
     assert lines.count(": waiting") >= 3
     assert lines[-1] == "data: [DONE]"
-    assert any('"usage"' in line for line in lines)  # include_usage was added
+    assert lines[-2].startswith("data: {") and '"usage"' not in "".join(lines)
 
 
 def test_no_ready_backend_after_max_wait_is_503(proxy: Proxy) -> None:
