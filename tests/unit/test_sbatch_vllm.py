@@ -46,3 +46,11 @@ def test_the_jobs_secret_becomes_vllms_api_key_but_never_an_argument(tmp_path: P
 def test_without_a_secret_vllm_gets_no_api_key(tmp_path: Path) -> None:
     """A job started outside saia (no SAIA_JOB_SECRET) runs vLLM as configured, without a key."""
     assert run_script(tmp_path)["VLLM_API_KEY"] is None
+
+
+def test_vllm_serves_the_service_id_under_saia(tmp_path: Path) -> None:
+    """Under saia (SAIA_SERVICE set) vLLM serves the service id, the model the proxy sends."""
+    argv = run_script(tmp_path, SAIA_SERVICE="llama")["argv"]
+    assert argv[argv.index("--served-model-name") + 1] == "llama"  # type: ignore[attr-defined,index]
+    argv = run_script(tmp_path)["argv"]
+    assert argv[argv.index("--served-model-name") + 1] == "org/model"  # type: ignore[attr-defined,index]
