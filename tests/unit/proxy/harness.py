@@ -12,8 +12,9 @@ from uuid import UUID, uuid4
 
 import httpx
 import openai
+import orjson
 import uvicorn
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from saia.adapters.projection_db import ProjectionDb
 from saia.adapters.store import EventLog
@@ -89,6 +90,22 @@ def serving(app: ASGIApp) -> Iterator[int]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+async def echo_request(scope: Scope, receive: Receive, send: Send) -> None:
+    """A job that answers with what it was asked: method, path, query and body (its
+    bytes as latin-1, so that any body comes back exactly)."""
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    answer = orjson.dumps({"method": scope["method"], "path": scope["path"],
+                           "raw_path": scope["raw_path"].decode(),
+                           "query": scope["query_string"].decode(),
+                           "body": body.decode("latin-1")})  # fmt: skip
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": answer})
 
 
 SERVICE = "echo"

@@ -13,8 +13,7 @@ import orjson
 import pytest
 
 from saia.projections.accounting import Usage
-from tests.unit.proxy.harness import SERVICE, Proxy, serving
-from tests.unit.proxy.test_proxy import echo_request
+from tests.unit.proxy.harness import SERVICE, Proxy, echo_request, serving
 
 ALIASES = ["org/Echo-1.0-Instruct", "echo:latest"]
 
@@ -137,7 +136,7 @@ def test_bodies_go_on_unchanged_unless_they_use_an_alias(echoed: Proxy) -> None:
                                      b'"org/Echo-1.0-Instruct"')))  # fmt: skip
     assert aliased == {"model": SERVICE, "input": "x", "n": 1.5}
     form = httpx.Request("POST", "http://x", data={"model": SERVICE, "language": "de"},
-                         files={"file": ("a.wav", b"\r\n--not-a-boundary\r\n" * 4)})  # fmt: skip
+                         files={"file": ("a.wav", bytes(range(256)) + b"\r\n--x\r\n")})  # fmt: skip
     body = form.read()
     sent = forwarded(echoed, "/v1/audio/transcriptions", body, form.headers["content-type"])
     assert sent == body
@@ -180,7 +179,7 @@ def forwarded(proxy: Proxy, path: str, body: bytes, content_type: str = "applica
                         headers={"content-type": content_type})  # fmt: skip
     assert answer.status_code == 200, answer.text
     sent: str = answer.json()["body"]
-    return sent.encode()
+    return sent.encode("latin-1")
 
 
 def settled(proxy: Proxy, requests: int) -> Usage:
