@@ -1,8 +1,11 @@
-"""The service catalogue: adding, changing and retiring services, each as an event."""
+"""The service catalogue: adding, changing and retiring services, each as an event.
+
+A service alone checks its own spec; what spans services (each model name names one
+service) is checked here, against the services that are not retired."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +14,7 @@ from eventsourcing.application import AggregateNotFoundError
 from saia.domain.errors import ServiceExists, ServiceNotFound
 from saia.domain.ids import service_id
 from saia.domain.service import Service
-from saia.domain.spec import ServiceSpec
+from saia.domain.spec import ServiceSpec, check_names
 from saia.hub import Hub, utc
 
 
@@ -31,13 +34,20 @@ def _load(hub: Hub, name: str) -> Service | None:
     return service
 
 
+def _others(hub: Hub, but: Collection[str]) -> list[ServiceSpec]:
+    """The specs of the services that are not retired, but those named."""
+    return [view.spec for name, view in hub.state.services.items()
+            if not view.retired and name not in but]  # fmt: skip
+
+
 def add(hub: Hub, spec: ServiceSpec, now: float) -> Change:
     service = _load(hub, spec.id)
+    if service is not None and not service.retired:
+        raise ServiceExists(spec.id)
+    check_names([*_others(hub, {spec.id}), spec])
     if service is None:
         hub.log.save(Service.register(spec, utc(now)))
         return Change(spec.id, "registered")
-    if not service.retired:
-        raise ServiceExists(spec.id)
     service.reinstate(spec, utc(now))
     hub.log.save(service)
     return Change(spec.id, "reinstated")
@@ -47,6 +57,7 @@ def edit(hub: Hub, name: str, changes: Mapping[str, Any], now: float) -> Change 
     service = _load(hub, name)
     if service is None or service.retired:
         raise ServiceNotFound(name)
+    check_names([*_others(hub, {name}), service.spec.changed(changes)])
     before = service.version
     service.reconfigure(dict(changes), utc(now))
     if service.version == before:
@@ -68,6 +79,7 @@ def sync(hub: Hub, specs: Iterable[ServiceSpec], now: float, prune: bool = False
     """Make the catalogue match a validated list of specs, in one transaction."""
     at = utc(now)
     wanted = {spec.id: spec for spec in specs}
+    check_names([*([] if prune else _others(hub, wanted)), *wanted.values()])
     pending: list[Service] = []
     changes: list[Change] = []
     for name, spec in wanted.items():

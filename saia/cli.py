@@ -179,7 +179,7 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
-    table = Table("service", "status", "min-max", "in flight", "jobs")
+    table = Table("service", "aliases", "status", "min-max", "in flight", "jobs")
     for row in rows:
         jobs = ", ".join(
             f"{job['slurm_job_id'] or '-'}:{job['phase']}@{job['node'] or '?'}:{job['port']}"
@@ -188,6 +188,7 @@ def _status(args: argparse.Namespace) -> int:
         )
         table.add_row(
             row["service"],
+            ", ".join(row["aliases"]) or "-",
             row["status"],
             f"{row['minimum']}-{row['maximum']}",
             str(row["inflight"]),

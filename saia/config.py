@@ -21,7 +21,7 @@ import paramiko
 from saia.adapters.store import PostgresStore, SqliteStore, StoreSettings
 from saia.domain.errors import InvalidSpec
 from saia.domain.reconcile import UnknownJobPolicy
-from saia.domain.spec import ServiceSpec
+from saia.domain.spec import ServiceSpec, check_names
 from saia.protocol import job_settings
 from saia.protocol.ids import SERVICE_ID
 from saia.protocol.job_settings import JobSettings, JobSettingsError
@@ -263,6 +263,10 @@ def services_from(path: Path | str, raw: list[Any]) -> tuple[ServiceSpec, ...]:
             raise ConfigError(path, "listed twice", spec.id, "id")
         seen.add(spec.id)
         specs.append(spec)
+    try:
+        check_names(specs)
+    except InvalidSpec as error:
+        raise ConfigError(path, error.message, error.service, error.field) from None
     return tuple(specs)
 
 

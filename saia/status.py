@@ -27,6 +27,7 @@ def report(state: ServiceState) -> list[dict[str, Any]]:
             {
                 "service": name,
                 "name": view.spec.display_name,
+                "aliases": list(view.spec.aliases),
                 "status": "retired" if view.retired else service_status(view),
                 "minimum": view.spec.minimum_number_instances,
                 "maximum": view.spec.maximum_number_instances,

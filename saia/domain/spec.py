@@ -9,7 +9,7 @@ Times are seconds, except ``job_expiry_time``, which is minutes as in SAIA.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -20,6 +20,17 @@ from saia.protocol.ids import PROBE_PATH, SBATCH_NAME, SERVICE_ID
 
 MODALITY = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 DEFAULT_WALLTIME_MINUTES = 60  # job_expiry_time when a service names none
+# What clients may put in "model" besides a service id, Hugging Face style
+# ("meta-llama/Llama-3.1-8B-Instruct"). Aliases stay on the hub: unlike ids they never
+# reach Slurm, file names or the login node, so they may hold '/' and ':'.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*(?:/[A-Za-z0-9._:-]+)*")
+MODEL_NAME_MAX = 256
+
+
+def is_model_name(name: str) -> bool:
+    """1-256 characters, segments of [A-Za-z0-9._:-] between single '/', no '..'."""
+    return (len(name) <= MODEL_NAME_MAX and MODEL_NAME.fullmatch(name) is not None
+            and ".." not in name)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +41,7 @@ class ServiceSpec:
     owned_by: str = "saia"
     input: tuple[str, ...] = ("text",)
     output: tuple[str, ...] = ("text",)
+    aliases: tuple[str, ...] = ()  # further names clients may put in "model"
     inferences_per_instance: int = 1
     minimum_number_instances: int = 0
     maximum_number_instances: int = 1
@@ -56,10 +68,16 @@ class ServiceSpec:
     def display_name(self) -> str:
         return self.name or self.id
 
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """Every name clients may put in "model" for this service: its id first."""
+        return (self.id, *self.aliases)
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["input"] = list(self.input)
         data["output"] = list(self.output)
+        data["aliases"] = list(self.aliases)
         return data
 
     @classmethod
@@ -102,6 +120,14 @@ class ServiceSpec:
             for modality in modalities:
                 if not MODALITY.fullmatch(modality):
                     raise bad(field, f"{modality!r} is not a modality name")
+        for index, alias in enumerate(self.aliases):
+            if not is_model_name(alias):
+                raise bad("aliases", f"{alias!r} is not 1-256 of [A-Za-z0-9._:-] starting "
+                          "alphanumeric, with single '/' between segments and no '..'")  # fmt: skip
+            if alias == self.id:
+                raise bad("aliases", f"{alias!r} is the service's own id")
+            if alias in self.aliases[:index]:
+                raise bad("aliases", f"{alias!r} is listed twice")
         if self.inferences_per_instance < 1:
             raise bad("inferences_per_instance", "must be at least 1")
         if self.minimum_number_instances < 0:
@@ -124,6 +150,24 @@ class ServiceSpec:
                 raise bad(field, "must be more than 0")
         if self.unhealthy_after < 1:
             raise bad("unhealthy_after", "must be at least 1")
+
+
+def check_names(specs: Iterable[ServiceSpec]) -> None:
+    """Each id and alias names one service only, so that a request's model names one.
+
+    Checked wherever specs are collected or change: each spec alone cannot see the
+    others. Raises InvalidSpec naming the alias that clashes (ids are unique by their
+    own rule, and an id never gives way to an alias)."""
+    specs = list(specs)
+    owners = {spec.id: spec.id for spec in specs}
+    for spec in specs:
+        for alias in spec.aliases:
+            owner = owners.setdefault(alias, spec.id)
+            if owner == alias:
+                raise InvalidSpec(spec.id, "aliases", f"{alias!r} is the id of another service")
+            if owner != spec.id:
+                message = f"{alias!r} is already an alias of service {owner!r}"
+                raise InvalidSpec(spec.id, "aliases", message)
 
 
 def _coerce(service: str, field: str, default: Any, value: Any) -> Any:

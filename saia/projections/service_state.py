@@ -36,6 +36,9 @@ class ServiceState(InMemory):
         self.tokens: set[str] = set()  # every token ever, to tell saia's jobs from strangers
         self.request_service: dict[UUID, str] = {}  # requests in flight
         self.ended: Counter[tuple[str, str]] = Counter()  # (service, final state) -> jobs
+        # Every id and alias of a service that is not retired -> its id; derived from
+        # the specs (so neither fingerprinted nor in snapshots), for the proxy's lookups.
+        self.model_names: dict[str, str] = {}
 
     # -- queries -----------------------------------------------------------------
 
@@ -44,6 +47,10 @@ class ServiceState(InMemory):
         if service is None:
             return None
         return self.services[service].jobs.get(job_id)
+
+    def service_named(self, model: str) -> str | None:
+        """The id of the service a client's model names (its id or an alias), unless retired."""
+        return self.model_names.get(model)
 
     def active_services(self) -> dict[str, ServiceView]:
         """Services the controller still acts on: configured, or retired with live jobs."""
@@ -86,6 +93,7 @@ class ServiceState(InMemory):
         self.tokens = set(data["tokens"])
         self.request_service = {UUID(k): v for k, v in data["request_service"].items()}
         self.ended = Counter({(service, state): n for service, state, n in data["ended"]})
+        self._index_names()
 
     # -- events ------------------------------------------------------------------
 
@@ -99,18 +107,34 @@ class ServiceState(InMemory):
         at = e.timestamp.timestamp()
         self.services[spec.id] = ServiceView(spec=spec, registered_at=at, last_active_at=at)
         self.service_names[e.originator_id] = spec.id
+        self._index_names()
 
     def _reconfigured(self, e: Service.Reconfigured) -> None:
         view = self._service_of(e.originator_id)
         view.spec = view.spec.changed(e.changes)
+        self._index_names()
 
     def _retired(self, e: Service.Retired) -> None:
         self._service_of(e.originator_id).retired = True
+        self._index_names()
 
     def _reinstated(self, e: Service.Reinstated) -> None:
         view = self._service_of(e.originator_id)
         view.spec = ServiceSpec.from_dict(e.spec)
         view.retired = False
+        self._index_names()
+
+    def _index_names(self) -> None:
+        """Rebuilt whole: services change seldom. The catalogue keeps names unique; should
+        two services still share one (added at once from two places), an id wins over an
+        alias and the service registered first keeps an alias, the same on every replay."""
+        live = [view.spec for view in self.services.values() if not view.retired]
+        names: dict[str, str] = {}
+        for spec in live:
+            for alias in spec.aliases:
+                names.setdefault(alias, spec.id)
+        names.update((spec.id, spec.id) for spec in live)
+        self.model_names = names
 
     def _service_of(self, aggregate_id: UUID) -> ServiceView:
         return self.services[self.service_names[aggregate_id]]

@@ -19,17 +19,17 @@ from saia.proxy.backend import Backend, Headers
 from saia.proxy.errors import ProxyError, error_body, error_response
 from saia.proxy.exchange import Exchange, WholeAnswer
 from saia.proxy.identity import Caller, trusted_caller
-from saia.proxy.intake import SERVICE_HEADER, Intake, by_header, parse, read_body
+from saia.proxy.intake import Intake, forwarded, read, read_body, service_of
 from saia.proxy.keys import KeyChecker, bearer, key_id
 from saia.proxy.limits import RateLimiter
 from saia.proxy.metering import Meter
 from saia.proxy.metrics import ProxyMetrics
-from saia.proxy.models import model_list
+from saia.proxy.models import model_routes
 from saia.proxy.routing import Router, RoutingTable
 from saia.proxy.settings import ProxySettings
 from saia.recording import GroupCommitter
 
-ROUTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+ROUTED = "/v1/"  # every POST under it is routed by the model its body names
 # Response headers that describe the backend's hop, not the answer.
 DROPPED_RESPONSE_HEADERS = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server"}
@@ -67,15 +67,6 @@ def create_app(
 
     async def health(request: Request) -> Response:
         return JsonResponse({"status": "ok"})
-
-    async def models(request: Request) -> Response:
-        try:
-            authenticate(request, settings, keys)
-        except ProxyError as error:
-            return error_response(error)
-        with hub.lock:
-            services = dict(hub.state.services)
-        return JsonResponse(model_list(services, router))
 
     async def forward(request: Request) -> Response:
         try:
@@ -124,14 +115,13 @@ def create_app(
         return Response(text, media_type="text/plain; version=0.0.4")
 
     routes = [Route("/health", health), Route("/metrics", prometheus),
-              Route("/v1/models", models)]  # fmt: skip
-    routes += [Route(path, forward, methods=["POST"]) for path in ROUTED_PATHS]
-    routes.append(Route("/v1/{rest:path}", forward, methods=["GET", "POST"]))
+              *model_routes(hub, router, lambda request: authenticate(request, settings, keys)),
+              Route("/v1/{rest:path}", forward)]  # fmt: skip
     return Direct(Starlette(routes=routes), forward)
 
 
 class Direct:
-    """The routed POSTs straight to their handler; everything else through Starlette.
+    """The POSTs under /v1/ straight to their handler; everything else through Starlette.
 
     Starlette's middleware, routing and request wrapper cost about a tenth of the
     proxy's CPU on each request. The handler answers every error of its own
@@ -144,7 +134,8 @@ class Direct:
         self._forward = forward
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in ROUTED_PATHS:
+        if (scope["type"] == "http" and scope["method"] == "POST"
+                and scope["path"].startswith(ROUTED)):  # fmt: skip
             response = await self._forward(Request(scope, receive, send))
             await response(scope, receive, send)
         else:
@@ -185,21 +176,11 @@ async def admit(
     that exists; or the ProxyError that turns it away before it is routed."""
     caller = authenticate(request, settings, keys)  # before the body is even read
     limit_headers = {} if limiter is None else limiter.take(caller.limited_as)
-    path, intake = await read_intake(request, settings)
-    if not router.knows(intake.service):
-        raise ProxyError(404, f"the model {intake.service!r} does not exist", "model_not_found")
-    return caller, limit_headers, path, intake
-
-
-async def read_intake(request: Request, settings: ProxySettings) -> tuple[str, Intake]:
-    """The path to forward (query included) and the checked request."""
-    path = request.scope["path"]
     raw = await read_body(request, settings.max_body_bytes)
-    if path in ROUTED_PATHS:
-        intake = parse(path, raw, settings.include_usage)
-    else:
-        intake = by_header(request.method, request.headers.get(SERVICE_HEADER), raw)
-    return as_sent(request.scope), intake
+    asked = read(request.method, request.scope["path"], request.headers, raw,
+                 settings.include_usage)  # fmt: skip
+    intake = forwarded(asked, service_of(asked, router.resolve))
+    return caller, limit_headers, as_sent(request.scope), intake
 
 
 def as_sent(scope: Scope) -> str:

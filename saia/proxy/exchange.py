@@ -39,6 +39,7 @@ from saia.proxy.metering import Meter
 from saia.proxy.metrics import ProxyMetrics
 from saia.proxy.routing import Router
 from saia.proxy.settings import ProxySettings
+from saia.proxy.usage_chunk import UsageChunkFilter
 from saia.recording import GroupCommitter, RecorderClosed, RecorderOverloaded, StoreUnavailable
 
 logger = logging.getLogger("saia.proxy")
@@ -200,11 +201,16 @@ class Exchange:
         """The upstream body as it comes; the end recorded however it comes."""
         status = CLIENT_GONE  # unless the loop below ends otherwise
         chunks = aiter(upstream.chunks)
+        # Streams only: a whole answer carries its usage in its one JSON document.
+        unasked = UsageChunkFilter() if self.intake.usage_added else None
         try:
             while True:
                 try:
                     chunk = await anext(chunks)
                 except StopAsyncIteration:
+                    rest = b"" if unasked is None else unasked.flush()
+                    if rest:
+                        yield rest
                     status = upstream.status
                     break
                 except Exception as error:  # the job or the link broke off mid-answer
@@ -215,7 +221,11 @@ class Exchange:
                     message = "the backend broke off its answer"
                     yield b"data: " + error_body(502, message, "backend_broke_off") + b"\n\n"
                     break
-                meter.feed(chunk)
+                meter.feed(chunk)  # what the job sent, the usage the client did not ask for too
+                if unasked is not None:
+                    chunk = unasked.feed(chunk)
+                    if not chunk:
+                        continue
                 yield chunk  # the client leaving raises here, and ends the loop
         finally:
             try:

@@ -21,8 +21,9 @@ def usage_of(document: object) -> Usage | None:
     usage = document.get("usage")
     if not isinstance(usage, dict):
         return None
-    prompt = usage.get("prompt_tokens", 0)
-    completion = usage.get("completion_tokens", 0)
+    # The Responses API names them input and output tokens.
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))
+    completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
     return Usage(prompt, completion)

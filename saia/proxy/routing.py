@@ -46,10 +46,10 @@ class Router:
         # Jobs that refused a connection, and until when no request is sent to them.
         self._set_aside: dict[UUID, float] = {}
 
-    def knows(self, service: str) -> bool:
+    def resolve(self, model: str) -> str | None:
+        """The id of the service that a client's model (an id or an alias) names, if any."""
         with self._table.lock:
-            view = self._table.state.services.get(service)
-            return view is not None and not view.retired
+            return self._table.state.service_named(model)
 
     def pick(self, service: str, exclude: set[UUID]) -> JobView | None:
         with self._table.lock:

@@ -19,15 +19,23 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from saia.testservice import shapes, streaming
-from saia.testservice.generate import count_tokens, echo_reply, embed, encode_embedding_base64
+from saia.testservice.generate import (
+    REPLY_PREFIX,
+    count_tokens,
+    echo_reply,
+    embed,
+    encode_embedding_base64,
+)
 from saia.testservice.parsing import (
     JsonObject,
     RequestError,
     check_model,
+    parse_audio_request,
     parse_chat_request,
     parse_completion_request,
     parse_embedding_request,
     parse_json_object,
+    parse_response_request,
 )
 
 DEFAULT_MODEL = "test-model"
@@ -146,6 +154,18 @@ def create_app(settings: Settings) -> Starlette:
         prompt_tokens = count_tokens(embedding.inputs)
         return JsonResponse(shapes.embedding_list(settings.model, encoded, prompt_tokens))
 
+    async def responses(request: Request) -> Response:
+        body = await _model_request_body(request, settings.model)
+        asked = parse_response_request(body)
+        reply = echo_reply(asked.last_user_text, asked.max_output_tokens)
+        return JsonResponse(shapes.response(settings.model, reply, count_tokens(asked.input_texts)))
+
+    async def audio(request: Request) -> Response:
+        """Transcriptions and translations: the audio's name and size, echoed."""
+        asked = parse_audio_request(request.headers.get("content-type", ""), await request.body())
+        check_model({"model": asked.model}, settings.model)
+        return JsonResponse({"text": f"{REPLY_PREFIX} {asked.filename} {asked.audio_bytes} bytes"})
+
     async def admin_stats(request: Request) -> Response:
         return JsonResponse({"requests": served.requests})
 
@@ -174,6 +194,9 @@ def create_app(settings: Settings) -> Starlette:
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/responses", responses, methods=["POST"]),
+            Route("/v1/audio/transcriptions", audio, methods=["POST"]),
+            Route("/v1/audio/translations", audio, methods=["POST"]),
             Route("/admin/exit", admin_exit, methods=["POST"]),
             Route("/admin/stats", admin_stats, methods=["GET"]),
         ],

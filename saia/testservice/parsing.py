@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from email import policy
+from email.parser import BytesParser
 from typing import Literal
 
 import orjson
@@ -51,6 +53,24 @@ class EmbeddingRequest:
     inputs: list[str]
     dimensions: int
     encoding_format: EncodingFormat
+
+
+@dataclass(frozen=True)
+class ResponseRequest:
+    """A Responses API request: its input as message texts, the last user text answered."""
+
+    input_texts: list[str]
+    last_user_text: str
+    max_output_tokens: int
+
+
+@dataclass(frozen=True)
+class AudioRequest:
+    """A transcription or translation: the form's model and the audio's name and size."""
+
+    model: str
+    filename: str
+    audio_bytes: int
 
 
 def parse_json_object(body: bytes) -> JsonObject:
@@ -146,6 +166,66 @@ def parse_embedding_request(body: JsonObject) -> EmbeddingRequest:
         dimensions=DEFAULT_EMBEDDING_DIMENSIONS if dimensions is None else dimensions,
         encoding_format="float" if encoding_format == "float" else "base64",
     )
+
+
+def parse_response_request(body: JsonObject) -> ResponseRequest:
+    """``input`` is a string or a list of messages whose content is a string or parts."""
+    if _optional_bool(body, "stream"):
+        raise RequestError(400, "this test service answers responses whole, not streamed",
+                           param="stream", code="unsupported_value")  # fmt: skip
+    given = _required(body, "input")
+    texts: list[str] = []
+    last_user_text = ""
+    if isinstance(given, str):
+        texts, last_user_text = [given], given
+    elif isinstance(given, list) and given:
+        for index, item in enumerate(given):
+            param = f"input[{index}]"
+            if not isinstance(item, dict):
+                raise _invalid_type(param, "an object")
+            text = _input_text(item.get("content"), f"{param}.content")
+            texts.append(text)
+            if item.get("role") == "user":
+                last_user_text = text
+    else:
+        raise _invalid_type("input", "a string or a non-empty array of input items")
+    instructions = body.get("instructions")
+    if isinstance(instructions, str):
+        texts.append(instructions)
+    max_tokens = _optional_positive_int(body, "max_output_tokens")
+    return ResponseRequest(texts, last_user_text,
+                           DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens)  # fmt: skip
+
+
+def parse_audio_request(content_type: str, body: bytes) -> AudioRequest:
+    """A multipart/form-data body with ``file`` and ``model``, read with the standard
+    library's MIME parser (the proxy reads forms its own way: this checks it)."""
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise RequestError(400, "the request must be multipart/form-data", code="invalid_body")
+    head = b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n"
+    message = BytesParser(policy=policy.HTTP).parsebytes(head + body)
+    fields: dict[str, tuple[str, bytes]] = {}
+    for part in message.iter_parts() if message.is_multipart() else ():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if isinstance(name, str) and isinstance(payload, bytes) and name not in fields:
+            fields[name] = (part.get_filename() or "", payload)
+    for required in ("file", "model"):
+        if required not in fields:
+            raise RequestError(400, f"Missing required parameter: '{required}'.",
+                               param=required, code="missing_required_parameter")  # fmt: skip
+    filename, audio = fields["file"]
+    return AudioRequest(fields["model"][1].decode("utf-8", "replace"), filename, len(audio))
+
+
+def _input_text(content: object, param: str) -> str:
+    """Text of an input message; content may be a string or input_text parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(part.get("text")) for part in content
+                        if isinstance(part, dict) and part.get("type") == "input_text")  # fmt: skip
+    raise _invalid_type(param, "a string or an array of content parts")
 
 
 def _required(body: JsonObject, name: str) -> object:

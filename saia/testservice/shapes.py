@@ -147,3 +147,32 @@ def embedding_list(
         "model": model,
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }
+
+
+def response(model: str, reply: Reply, input_tokens: int) -> JsonObject:
+    """A Responses API object: one assistant message of output text."""
+    return {
+        "id": new_id("resp"),
+        "object": "response",
+        "created_at": now(),
+        "status": "incomplete" if reply.truncated else "completed",
+        "incomplete_details": {"reason": "max_output_tokens"} if reply.truncated else None,
+        "model": model,
+        "output": [
+            {
+                "type": "message",
+                "id": new_id("msg"),
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": reply.text, "annotations": []}],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": {
+            "input_tokens": input_tokens,
+            "output_tokens": len(reply.tokens),
+            "total_tokens": input_tokens + len(reply.tokens),
+        },
+    }

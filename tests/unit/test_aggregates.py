@@ -12,7 +12,7 @@ from saia.domain.ids import job_id
 from saia.domain.job import DrainReason, FinalState, Job, Phase
 from saia.domain.request import Request
 from saia.domain.service import Service
-from saia.domain.spec import ServiceSpec
+from saia.domain.spec import ServiceSpec, check_names
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 SPEC = ServiceSpec.from_dict({"id": "llama", "sbatch": "vllm.sbatch"})
@@ -141,6 +141,17 @@ def test_request_finishes_once() -> None:
         ("idle_time", "soon"),
         ("maximum_number_instances", True),
         ("colour", "blue"),
+        ("aliases", "org/model"),
+        ("aliases", ["/org/model"]),
+        ("aliases", ["org//model"]),
+        ("aliases", ["org/model/"]),
+        ("aliases", ["org/../model"]),
+        ("aliases", ["org/model..v2"]),
+        ("aliases", ["org model"]),
+        ("aliases", [""]),
+        ("aliases", ["a" * 257]),
+        ("aliases", ["llama"]),
+        ("aliases", ["org/model", "org/model"]),
     ],
 )
 def test_spec_names_the_bad_field(field: str, value: object) -> None:
@@ -151,9 +162,35 @@ def test_spec_names_the_bad_field(field: str, value: object) -> None:
     assert caught.value.field in (field, "port_min", "port_max")
 
 
+def test_aliases_may_be_hugging_face_style_names() -> None:
+    """Aliases take '/', ':' and dots between plain segments, up to 256 characters."""
+    aliases = ["meta-llama/Llama-3.1-8B-Instruct", "llama3:8b", "a" * 256, "org/sub/m_1.5"]
+    spec = ServiceSpec.from_dict({"id": "llama", "sbatch": "vllm.sbatch", "aliases": aliases})
+    assert spec.model_names == ("llama", *aliases)
+
+
+@pytest.mark.parametrize(
+    ("aliases", "clash"),
+    [
+        ({"chat": ["org/chat"], "code": ["org/chat"]}, "already an alias of service 'chat'"),
+        ({"chat": [], "code": ["chat"]}, "the id of another service"),
+        ({"chat": ["code"], "code": []}, "the id of another service"),
+    ],
+)
+def test_a_name_may_name_one_service_only(aliases: dict[str, list[str]], clash: str) -> None:
+    """An alias that another service has, as an alias or as its id, is refused, naming
+    the service with the alias and the field."""
+    specs = [ServiceSpec.from_dict({"id": name, "sbatch": "s.sbatch", "aliases": names})
+             for name, names in aliases.items()]  # fmt: skip
+    with pytest.raises(InvalidSpec) as caught:
+        check_names(specs)
+    assert caught.value.field == "aliases" and clash in caught.value.message
+    assert caught.value.service == [spec.id for spec in specs if spec.aliases][-1]
+    check_names(specs[:1])  # alone, each is fine
+
+
 def test_spec_round_trips_through_a_dict() -> None:
     """to_dict and from_dict are inverse: what is recorded is what is replayed."""
-    spec = ServiceSpec.from_dict(
-        {"id": "m", "sbatch": "s.sbatch", "input": ["text", "image"], "idle_time": 30}
-    )
+    spec = ServiceSpec.from_dict({"id": "m", "sbatch": "s.sbatch", "input": ["text", "image"],
+                                  "idle_time": 30, "aliases": ["org/m"]})  # fmt: skip
     assert ServiceSpec.from_dict(spec.to_dict()) == spec

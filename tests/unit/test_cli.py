@@ -198,12 +198,40 @@ def test_a_bad_config_file_is_not_half_applied(
 
 
 def test_status_table_renders(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The default status output is a table naming each service."""
+    """The default status output is a table naming each service and its aliases."""
     saia(config, "init")
-    saia(config, "service", "add", "chat", "sbatch=testservice.sbatch")
+    saia(config, "service", "add", "chat", "sbatch=testservice.sbatch", 'aliases=["org/chat"]')
     capsys.readouterr()
     assert saia(config, "status") == 0
-    assert "chat" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "chat" in out and "org/chat" in out
+
+
+def test_aliases_are_unique_across_services_however_services_change(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An alias another service has (as alias or id) is refused on add, edit and init,
+    naming the field, and nothing is recorded; status --json lists each one's aliases."""
+    saia(config, "init")
+    assert saia(config, "service", "add", "chat", "sbatch=testservice.sbatch",
+                'aliases=["org/Chat-1.0", "chat:latest"]') == 0  # fmt: skip
+    assert saia(config, "service", "add", "code", "sbatch=testservice.sbatch") == 0
+    before = events(config)
+    capsys.readouterr()
+    assert saia(config, "service", "add", "embed", "sbatch=testservice.sbatch",
+                'aliases=["org/Chat-1.0"]') == 2  # fmt: skip
+    assert saia(config, "service", "edit", "code", 'aliases=["chat"]') == 2
+    with config.open("a") as f:
+        f.write('\n[[services]]\nid = "other"\nsbatch = "s.sbatch"\naliases = ["chat:latest"]\n')
+    assert saia(config, "init") == 2
+    err = capsys.readouterr().err
+    assert err.count("aliases") == 3 and "'chat:latest'" in err
+    assert events(config) == before
+    assert saia(config, "service", "edit", "code", 'aliases=["org/code"]') == 0
+    capsys.readouterr()
+    assert saia(config, "status", "--json") == 0
+    rows = {row["service"]: row["aliases"] for row in json.loads(capsys.readouterr().out)}
+    assert rows == {"chat": ["org/Chat-1.0", "chat:latest"], "code": ["org/code"]}
 
 
 def test_keys_issue_list_and_revoke(config: Path, capsys: pytest.CaptureFixture[str]) -> None:

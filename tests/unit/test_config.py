@@ -120,6 +120,11 @@ def test_ssh_config_errors_name_the_field_and_the_file(
         ('[[services]]\nid = "a"\n', "a", "sbatch"),
         ('[[services]]\nid = "a"\nsbatch = "s"\nwings = 2\n', "a", "wings"),
         ('[[services]]\nid = "a"\nsbatch = "s"\n[[services]]\nid = "a"\nsbatch = "s"\n', "a", "id"),
+        ('[[services]]\nid = "a"\nsbatch = "s"\naliases = ["org/a/"]\n', "a", "aliases"),
+        ('[[services]]\nid = "a"\nsbatch = "s"\naliases = ["org/m"]\n'
+         '[[services]]\nid = "b"\nsbatch = "s"\naliases = ["org/m"]\n', "b", "aliases"),
+        ('[[services]]\nid = "a"\nsbatch = "s"\n'
+         '[[services]]\nid = "b"\nsbatch = "s"\naliases = ["a"]\n', "b", "aliases"),
         ('[controller]\ninterval = -1\n', "", "controller.interval"),
         ('placement = "cloud"\n', "", "placement"),
         ('[ssh]\nhost = "h"\nuser = "u"\nkey_file = "k"\n', "", "ssh.known_hosts_file"),

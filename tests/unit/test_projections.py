@@ -138,6 +138,24 @@ def test_service_state_follows_a_job_and_drops_it_when_it_ends(hub: Hub) -> None
     assert view.last_scale_at == at(99).timestamp()  # the surplus drain
 
 
+def test_service_state_names_each_service_by_its_id_and_aliases(hub: Hub) -> None:
+    """Ids and aliases name their service as the catalogue changes, after a restore too;
+    a retired service's names name nothing."""
+    catalog.edit(hub, "chat", {"aliases": ["org/chat", "chat:1"]}, T0.timestamp())
+    catalog.add(hub, ServiceSpec.from_dict({"id": "code", "sbatch": "s.sbatch"}), T0.timestamp())
+    hub.refresh()
+    names = {name: hub.state.service_named(name) for name in ("chat", "org/chat", "chat:1")}
+    assert names == dict.fromkeys(names, "chat")
+    catalog.edit(hub, "chat", {"aliases": ["org/chat"]}, T0.timestamp())
+    catalog.retire(hub, "code", T0.timestamp())
+    hub.refresh()
+    restored = ServiceState()
+    restored.restore(hub.state.snapshot())
+    for state in (hub.state, restored):
+        assert state.model_names == {"chat": "chat", "org/chat": "chat"}
+        assert state.service_named("code") is None
+
+
 def test_incremental_updates_equal_a_rebuild(hub: Hub) -> None:
     """Catching up in many small steps gives the same projections as one rebuild."""
     for i in range(5):

@@ -23,7 +23,7 @@ from saia.replay.source import notifications, recorded
 from tests.unit.replay_support import GoldenLog, SqliteGolden
 
 # Recorded from tests/data/golden/golden.jsonl; a change here needs a reason in the commit.
-SERVICE_STATE = "4099fe74a74dfe985f701f3bb9b6f813b40ab2a2f76bc63e02a483321570c75f"
+SERVICE_STATE = "2e116d5bff74de011726ade21c8c358857110f548506c0bb22f2b7a2f67b0ff2"
 CHAIN_HEAD = "338cbed0879f45c49342d4d85bcc3ff1eceed76e4a7bfa43d12085705f12a309"
 # Accounting version 2 (organisation, unit and portal columns, empty for this log); without
 # those columns its rows are version 1's, whose digest was 2654d9af...524e4a.

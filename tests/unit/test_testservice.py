@@ -206,6 +206,31 @@ def test_completion_stream_ends_with_usage_chunk_and_done(client: TestClient) ->
     assert chunks[-1]["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
 
 
+def test_responses_echo_the_last_user_input_with_input_and_output_tokens(
+    client: TestClient,
+) -> None:
+    """POST /v1/responses answers a Responses API object; streaming it is refused."""
+    body = {"model": "test-model", "instructions": "be brief",
+            "input": [{"role": "user", "content": [{"type": "input_text", "text": "hi you"}]}]}
+    answer = client.post("/v1/responses", json=body).json()
+    [message] = answer["output"]
+    assert message["content"][0]["text"] == "echo: hi you"
+    assert answer["usage"] == {"input_tokens": 4, "output_tokens": 3, "total_tokens": 7}
+    assert answer["object"] == "response" and answer["status"] == "completed"
+    streamed = client.post("/v1/responses", json={**body, "stream": True})
+    assert_openai_error(streamed, 400, "stream")
+
+
+@pytest.mark.parametrize("path", ["/v1/audio/transcriptions", "/v1/audio/translations"])
+def test_audio_echoes_the_files_name_and_size(client: TestClient, path: str) -> None:
+    """A multipart transcription or translation names its model in a form field."""
+    files = {"file": ("clip.wav", b"0123456789")}
+    answer = client.post(path, data={"model": "test-model"}, files=files)
+    assert answer.json() == {"text": "echo: clip.wav 10 bytes"}
+    assert_openai_error(client.post(path, data={"model": "other"}, files=files), 404, "model")
+    assert_openai_error(client.post(path, files=files), 400, "model")
+
+
 def test_embeddings_are_deterministic_unit_vectors(client: TestClient) -> None:
     """Equal inputs get equal unit-length vectors of 8 floats; different inputs differ."""
     body = {"model": "test-model", "input": ["same text", "same text", "other"]}

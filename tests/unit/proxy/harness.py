@@ -7,18 +7,21 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
 import httpx
 import openai
+import orjson
 import uvicorn
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from saia.adapters.projection_db import ProjectionDb
 from saia.adapters.store import EventLog
 from saia.domain.job import Phase
+from saia.domain.service import Service
 from saia.domain.spec import ServiceSpec
-from saia.domain.state import JobView, ServiceView
+from saia.domain.state import JobView
 from saia.projections.accounting import Accounting, Usage, daily_usage
 from saia.projections.runner import ProjectionRunner
 from saia.projections.service_state import ServiceState
@@ -27,16 +30,32 @@ from tests.net import free_socket
 
 
 class FakeHub:
-    """The two things the proxy reads of a Hub; tests play the controller by editing jobs."""
+    """The two things the proxy reads of a Hub; tests play the catalogue with a Service's
+    events, and the controller by editing jobs."""
 
     def __init__(self) -> None:
         self.state = ServiceState()
         self.lock = threading.RLock()
+        self._services: dict[str, Service] = {}
 
-    def add_service(self, service: str) -> None:
-        spec = ServiceSpec(id=service, sbatch="test.sbatch", name=service.title())
+    def add_service(self, service: str, aliases: tuple[str, ...] = ()) -> None:
+        spec = ServiceSpec(id=service, sbatch="test.sbatch", name=service.title(),
+                           aliases=aliases)  # fmt: skip
+        self._services[service] = Service.register(spec, datetime.now(UTC))
+        self._apply(service)
+
+    def reconfigure(self, service: str, **changes: object) -> None:
+        self._services[service].reconfigure(changes, datetime.now(UTC))
+        self._apply(service)
+
+    def retire_service(self, service: str) -> None:
+        self._services[service].retire(datetime.now(UTC))
+        self._apply(service)
+
+    def _apply(self, service: str) -> None:
         with self.lock:
-            self.state.services[service] = ServiceView(spec=spec, registered_at=time.time())
+            for event in self._services[service].collect_events():
+                self.state.apply(event)
 
     def add_job(self, service: str, port: int, phase: Phase = Phase.READY) -> UUID:
         job = JobView(id=uuid4(), service=service, token="t", port=port, phase=phase,
@@ -71,6 +90,22 @@ def serving(app: ASGIApp) -> Iterator[int]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+async def echo_request(scope: Scope, receive: Receive, send: Send) -> None:
+    """A job that answers with what it was asked: method, path, query and body (its
+    bytes as latin-1, so that any body comes back exactly)."""
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    answer = orjson.dumps({"method": scope["method"], "path": scope["path"],
+                           "raw_path": scope["raw_path"].decode(),
+                           "query": scope["query_string"].decode(),
+                           "body": body.decode("latin-1")})  # fmt: skip
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": answer})
 
 
 SERVICE = "echo"

@@ -7,9 +7,7 @@ import time
 
 import httpx
 import openai
-import orjson
 import pytest
-from starlette.types import Receive, Scope, Send
 
 from saia.demand import DemandTracker
 from saia.domain.job import Phase
@@ -18,7 +16,14 @@ from saia.proxy.app import create_app
 from saia.proxy.backend import Headers, HttpBackend, UpstreamResponse
 from saia.proxy.settings import ProxySettings
 from saia.recording import GroupCommitter
-from tests.unit.proxy.harness import SERVICE, TOKEN_DELAY, Proxy, serving, waiting_stream_lines
+from tests.unit.proxy.harness import (
+    SERVICE,
+    TOKEN_DELAY,
+    Proxy,
+    echo_request,
+    serving,
+    waiting_stream_lines,
+)
 
 
 def chat(client: openai.OpenAI, text: str = "hello there") -> str:
@@ -122,12 +127,13 @@ def test_request_waits_for_a_cold_service(proxy: Proxy) -> None:
 
 
 def test_waiting_stream_gets_keepalive_comments(proxy: Proxy) -> None:
-    """A stream that waits for a cold service receives SSE comments, then the answer."""
+    """A stream that waits for a cold service receives SSE comments, then the answer,
+    without the usage chunk that the proxy asked for and its client did not."""
     job = proxy.hub.add_job(SERVICE, proxy.backend_port, phase=Phase.SUBMITTED)
     lines = waiting_stream_lines(proxy, 3, lambda: proxy.hub.make_ready(SERVICE, job))
     assert lines.count(": waiting") >= 3
     assert lines[-1] == "data: [DONE]"
-    assert any('"usage"' in line for line in lines)  # include_usage was added
+    assert lines[-2].startswith("data: {") and '"usage"' not in "".join(lines)
 
 
 def test_no_ready_backend_after_max_wait_is_503(proxy: Proxy) -> None:
@@ -142,17 +148,6 @@ def test_no_ready_backend_after_max_wait_is_503(proxy: Proxy) -> None:
     assert response.headers["retry-after"] == "30"
     assert response.json()["error"]["code"] == "no_backend"
 
-
-
-async def echo_request(scope: Scope, receive: Receive, send: Send) -> None:
-    """A job that answers with what it was asked: method, path, query and body."""
-    message = await receive()
-    answer = orjson.dumps({"method": scope["method"], "path": scope["path"],
-                           "raw_path": scope["raw_path"].decode(),
-                           "query": scope["query_string"].decode(),
-                           "body": message.get("body", b"").decode()})  # fmt: skip
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": answer})
 
 
 def test_other_paths_are_routed_by_the_inference_service_header(proxy: Proxy) -> None:
