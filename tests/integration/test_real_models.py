@@ -42,6 +42,7 @@ TIME_LIMIT_MINUTES = 10
 PORT_MIN, PORT_MAX = 20600, 20699
 COLD_START_TIMEOUT = 240.0  # a job start, plus loading a model on a loaded 2-core machine
 PROMPT = [{"role": "user", "content": "Name three colours of the rainbow."}]
+ALIAS = "google/gemma-3-270m"  # a Hugging Face-style name for the chat service
 
 
 @dataclass
@@ -101,6 +102,7 @@ inferences_per_instance = 8
 [[services]]
 id = "{chat}"
 name = "Gemma 3 270M"
+aliases = ["{ALIAS}"]
 sbatch = "llama-server.sbatch"
 inferences_per_instance = 2
 {common}"""
@@ -197,6 +199,16 @@ def test_a_chat_stream_delivers_tokens_one_by_one_with_usage(models: Models) -> 
     assert usage[0].prompt_tokens > 5
 
 
+def test_a_hugging_face_style_alias_names_the_chat_model(models: Models) -> None:
+    """The OpenAI client retrieves and asks the model by an alias with '/'."""
+    client = models.client()
+    assert client.models.retrieve(ALIAS).id == ALIAS
+    answer = client.completions.create(model=ALIAS, prompt="The sky is", max_tokens=4,
+                                       temperature=0)  # fmt: skip
+    assert answer.choices[0].text and answer.usage is not None
+    assert 1 <= answer.usage.completion_tokens <= 4
+
+
 def test_accounting_matches_the_models_own_token_counts(models: Models) -> None:
     """What the event log records equals what the model reported, request by request."""
     _, key = key_commands.issue(models.serving.hub.log, "counted", "test", time.time())
@@ -222,6 +234,8 @@ def test_accounting_matches_the_models_own_token_counts(models: Models) -> None:
         if asked:
             assert len(usage) == 1
             streamed = usage[0]
+        else:
+            assert usage == [], usage
         prompt += streamed.prompt_tokens
         completion += streamed.completion_tokens
     embedded = client.embeddings.create(model=models.embeddings, input=["one", "two words"])
