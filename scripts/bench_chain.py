@@ -161,15 +161,16 @@ class EntrypointConfig:
     whatever else the file allows stays as it was.
     """
 
-    def __init__(self, path: Path, service: str, ssh_user: str, tree: Path) -> None:
+    def __init__(self, path: Path, service: str, ssh_user: str, tree: Path,
+                 section: str = "") -> None:  # fmt: skip
         self.path = path
         self.tree = tree  # whose sbatch folder a configuration written here names
         self.service = service
         self.user = ssh_user
         self.original: str | None = None
         self.made_state: Path | None = None
-        self.section = (f'\n[services.{service}]\nsbatch = "testservice.sbatch"\n'
-                        f"time_limit = {TIME_LIMIT}\n")  # fmt: skip
+        self.section = section or (f'\n[services.{service}]\nsbatch = "testservice.sbatch"\n'
+                                   f"time_limit = {TIME_LIMIT}\n")  # fmt: skip
 
     def add(self) -> None:
         if self.path.exists():
