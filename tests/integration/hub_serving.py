@@ -120,12 +120,10 @@ def job_scripts(folder: Path) -> Path:
     return folder
 
 
-def hub_config(folder: Path, link: Link, chat: str, cold: str, port: int) -> Path:
-    common = (
-        f'job_expiry_time = {TIME_LIMIT_MINUTES}\nlead_time = 60\n'
-        f"port_min = {PORT_MIN}\nport_max = {PORT_MAX}\n"
-    )
-    text = f"""\
+def hub_head(link: Link, port: int) -> str:
+    """A hub-placement saia.toml up to its [proxy] table's first lines: the SSH link to the
+    dev cluster's login node, a store in the config's folder, a quick controller."""
+    return f"""\
 placement = "hub"
 
 [ssh]
@@ -148,6 +146,15 @@ probe_interval = 1
 host = "127.0.0.1"
 port = {port}
 require_api_key = true
+"""
+
+
+def hub_config(folder: Path, link: Link, chat: str, cold: str, port: int) -> Path:
+    common = (
+        f'job_expiry_time = {TIME_LIMIT_MINUTES}\nlead_time = 60\n'
+        f"port_min = {PORT_MIN}\nport_max = {PORT_MAX}\n"
+    )
+    text = hub_head(link, port) + f"""\
 keepalive_interval = 0.3
 rate_limit_per_minute = {RATE_LIMIT_PER_MINUTE}
 max_body_bytes = 65536

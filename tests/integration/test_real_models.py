@@ -27,6 +27,7 @@ from saia.projections.accounting import daily_usage
 from saia.proxy import key_commands
 from saia.serve import Serving
 from tests.integration.cluster import REPO, cancel_service_jobs, unique, wait_for
+from tests.integration.hub_serving import hub_head
 from tests.integration.test_entrypoint_ssh import (
     Link,
     link,  # noqa: F401 (a fixture, used by name)
@@ -67,28 +68,7 @@ def hub_config(folder: Path, login: Link, embeddings: str, chat: str, port: int)
     common = (f"job_expiry_time = {TIME_LIMIT_MINUTES}\nlead_time = 60\n"
               f"port_min = {PORT_MIN}\nport_max = {PORT_MAX}\nidle_time = 900\n"
               "minimum_number_instances = 0\nmaximum_number_instances = 1\n")  # fmt: skip
-    text = f"""\
-placement = "hub"
-
-[ssh]
-host = "{login.host}"
-port = {login.port}
-user = "{login.user}"
-key_file = "{login.key}"
-known_hosts_file = "{login.known_hosts}"
-
-[store]
-path = "saia.db"
-
-[controller]
-interval = 1
-startup_interval = 0.25
-probe_interval = 1
-
-[proxy]
-host = "127.0.0.1"
-port = {port}
-require_api_key = true
+    text = hub_head(login, port) + f"""\
 max_wait_seconds = {COLD_START_TIMEOUT:g}
 
 [[services]]
