@@ -18,13 +18,15 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
 
 from saia import bootstrap
 from saia.adapters.lock import FileLock
-from saia.config import Config
+from saia.adapters.store import SqliteStore
+from saia.config import Config, ConfigError
 from saia.controller import Controller, run
 from saia.demand import DemandTracker
 from saia.hub import Hub
@@ -106,7 +108,12 @@ class Serving:
     """The whole hub, built from a configuration; ``run`` it, ``stop`` it from elsewhere."""
 
     def __init__(self, config: Config) -> None:
-        self.hub = bootstrap.hub_for(config)
+        self._store_lock = sole_hub_of(config)
+        try:
+            self.hub = bootstrap.hub_for(config)
+        except BaseException:
+            self._release_store()
+            raise
         try:
             # One saia serve to a store: what the log shows in flight was the last one's.
             abandoned = self.hub.abandon_requests_in_flight(time.time())
@@ -120,6 +127,7 @@ class Serving:
                                            hold_limit=config.proxy.store_outage_buffer)  # fmt: skip
         except BaseException:
             self.hub.close()
+            self._release_store()
             raise
         keys = KeyChecker(lambda: self.hub.keys.keys)
         app = create_app(self.hub, self.demand, self.recorder, access.backend(), config.proxy,
@@ -172,10 +180,15 @@ class Serving:
             self.recorder.close()
             self._checkpoint()
             self.hub.close()
+            self._release_store()
         return 0 if self.server.started and not self._passes.crashed else 1
 
     def stop(self) -> None:
         self.server.should_exit = True
+
+    def _release_store(self) -> None:
+        if self._store_lock is not None:
+            self._store_lock.release()
 
     def _checkpoint(self) -> None:
         """Everything recorded, applied and checkpointed, so the next start applies nothing."""
@@ -185,6 +198,25 @@ class Serving:
             self.hub.checkpoint()
         except Exception:  # the store's errors: the next start applies what is missing
             log.exception("projections not checkpointed at shutdown")
+
+
+def sole_hub_of(config: Config) -> FileLock | None:
+    """The embedded SQLite store holds one hub: held by this one while it runs (a flock
+    beside the database, dropped however the process ends), refused to a second.
+
+    A second ``saia serve`` on the same file would record the first one's requests in
+    flight as abandoned, run a controller that waits on the first one's lock, and route
+    by projections that never see the first one's events. Other commands (``saia keys``,
+    ``saia status``) still write and read beside it, one transaction at a time.
+    """
+    if not isinstance(config.store, SqliteStore):
+        return None
+    lock = FileLock(Path(f"{config.store.path}.hub-lock"))
+    if not lock.acquire(blocking=False):
+        message = (f"another saia serve uses the SQLite store {config.store.path}; it holds "
+                   "one hub (stop that one first, or put replicas on PostgreSQL)")  # fmt: skip
+        raise ConfigError(config.path, message)
+    return lock
 
 
 def _already_handled(signum: int, frame: FrameType | None) -> None:

@@ -143,6 +143,34 @@ def test_a_taken_port_ends_serve_with_an_error(tmp_path: Path) -> None:
     assert result.returncode != 0 and "address already in use" in result.stderr, result.stderr
 
 
+def test_a_second_serve_on_the_same_sqlite_store_is_refused_and_changes_nothing(
+    serving: tuple[subprocess.Popen[str], str, Path],
+) -> None:
+    """The embedded store holds one hub: a second saia serve on it says so and exits 2,
+    before it records anything (the first one's requests in flight stay as they are)."""
+    first, base, config = serving
+    first.send_signal(signal.SIGSTOP)  # frozen: whatever the log gains is the second's
+    try:
+        events = recorded(config)
+        second = saia(config, "serve")
+        assert recorded(config) == events
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode == 2, second.stderr
+    assert "another saia serve uses the SQLite store" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert first.poll() is None and httpx.get(f"{base}/health", timeout=5).status_code == 200
+
+
+def recorded(config: Path) -> int:
+    """How many events the store next to the config holds."""
+    hub = Hub(SqliteStore(str(config.parent / "saia.db")))
+    try:
+        return int(hub.log.recorder.max_notification_id() or 0)
+    finally:
+        hub.close()
+
+
 def test_a_crashed_controller_stops_the_server(tmp_path: Path) -> None:
     """A supervisor should restart the hub rather than have it serve on, never scaling."""
 
