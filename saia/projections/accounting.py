@@ -51,7 +51,7 @@ class Usage:
 def daily_usage(db: ProjectionDb) -> dict[tuple[str, str, str], Usage]:
     """Usage by user, service and day (over organisations, units and portals)."""
     daily = Accounting.tables(db, Accounting.VERSION)[0]
-    totals = ", ".join(f"SUM({name})" for name in COUNTERS)
+    totals = ", ".join(f"SUM({name}) AS {name}" for name in COUNTERS)  # named apart: see Cursor
     with db.reading() as cursor:
         cursor.execute(f"SELECT user_name, service, day, {totals} FROM {daily} "
                        "GROUP BY user_name, service, day")  # fmt: skip
