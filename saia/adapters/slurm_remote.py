@@ -69,6 +69,15 @@ class AllowedService:
     time_limit: int  # minutes
 
 
+@dataclass(frozen=True, slots=True)
+class Allowlist:
+    """What the login node's entrypoint.toml allows: its services, and its jobs' ports."""
+
+    services: Mapping[str, AllowedService]
+    port_min: int
+    port_max: int
+
+
 class Answer(Protocol):
     @property
     def exit_code(self) -> int: ...
@@ -100,7 +109,7 @@ class RemoteSlurm:
         self.entrypoint = entrypoint
         self.timeout = timeout
         self.clock = clock
-        self._allowed: Mapping[str, AllowedService] = {}
+        self._allowed = Allowlist({}, 0, -1)
         self._allowed_at: float | None = None
 
     def submit(self, request: SubmitRequest) -> str:
@@ -127,7 +136,7 @@ class RemoteSlurm:
             raise SlurmError(_refusal("jobs", answer))
         return parse_jobs(answer.body)
 
-    def allowed(self) -> Mapping[str, AllowedService]:
+    def allowed(self) -> Allowlist:
         """The login node's services, from a look at its status at most ALLOWLIST_MAX_AGE old."""
         now = self.clock()
         if self._allowed_at is None or now - self._allowed_at >= ALLOWLIST_MAX_AGE:
@@ -177,10 +186,10 @@ def submit_body(request: SubmitRequest) -> bytes:
     return json.dumps(fields).encode()
 
 
-def mismatch(request: SubmitRequest, allowed: Mapping[str, AllowedService]) -> str:
+def mismatch(request: SubmitRequest, allowed: Allowlist) -> str:
     """How the login node's allowlist disagrees with a request of the hub's; "" if it agrees."""
     service = f"service {request.service!r}"
-    rule = allowed.get(request.service)
+    rule = allowed.services.get(request.service)
     if rule is None:
         return f"{service} is not configured on the login node (entrypoint.toml [services])"
     if rule.sbatch != request.sbatch:
@@ -191,23 +200,36 @@ def mismatch(request: SubmitRequest, allowed: Mapping[str, AllowedService]) -> s
             f"{service} has time_limit = {rule.time_limit} on the login node, "
             f"job_expiry_time = {minutes} on the hub (minutes)"
         )
+    if not allowed.port_min <= request.port <= allowed.port_max:
+        return (
+            f"{service} would listen on port {request.port}, outside the login node's "
+            f"{allowed.port_min}-{allowed.port_max}: set its port_min and port_max inside them"
+        )
     return ""
 
 
-def parse_status(body: bytes) -> dict[str, AllowedService]:
-    """The services of a ``/slurm/status`` answer; anything else in it is not read."""
+def parse_status(body: bytes) -> Allowlist:
+    """The services and port range of a ``/slurm/status`` answer; its jobs are not read."""
     try:
-        entries = json.loads(body)["services"]
-        allowed = {
-            entry["id"]: AllowedService(entry["sbatch"], entry["time_limit"]) for entry in entries
+        report = json.loads(body)
+        services = {
+            entry["id"]: AllowedService(entry["sbatch"], entry["time_limit"])
+            for entry in report["services"]
         }
+        allowed = Allowlist(services, report["port_min"], report["port_max"])
     except (ValueError, KeyError, TypeError):
         raise SlurmError(f"status answered what saia cannot read: {body[:80]!r}") from None
-    for service, rule in allowed.items():
+    for service, rule in services.items():
         plain = isinstance(service, str) and isinstance(rule.sbatch, str)
-        if not plain or not isinstance(rule.time_limit, int) or isinstance(rule.time_limit, bool):
+        if not plain or not whole(rule.time_limit):
             raise SlurmError(f"status answered a service saia cannot read: {service!r}")
+    if not (whole(allowed.port_min) and whole(allowed.port_max)):
+        raise SlurmError(f"status answered a port range saia cannot read: {body[:80]!r}")
     return allowed
+
+
+def whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def parse_jobs(body: bytes) -> list[SlurmJob]:

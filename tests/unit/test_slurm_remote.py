@@ -13,6 +13,7 @@ from saia.adapters.slurm_local import InvalidSubmission, SubmissionUnconfirmed
 from saia.adapters.slurm_remote import (
     ALLOWLIST_MAX_AGE,
     AllowedService,
+    Allowlist,
     RemoteSlurm,
     ServiceMismatch,
     mismatch,
@@ -314,13 +315,16 @@ def test_cancelling_a_job_the_login_node_does_not_list_is_done() -> None:
          "service 'llama' runs vllm.sbatch on the login node, not testservice.sbatch"),
         (SubmitRequest("llama", "vllm.sbatch", 20001, TOKEN, 7200.0),
          "service 'llama' has time_limit = 60 on the login node, job_expiry_time = 120 on the hub"),
+        (SubmitRequest("llama", "vllm.sbatch", 30001, TOKEN, 3600.0),
+         "service 'llama' would listen on port 30001, outside the login node's 20000-29999"),
     ],
 )  # fmt: skip
 def test_a_service_the_login_node_allows_otherwise_is_not_submitted(
     request_: SubmitRequest, problem: str
 ) -> None:
-    """A service missing on the login node, with another script or another time limit is
-    refused before the submit is sent, saying how the two sides disagree."""
+    """A service missing on the login node, with another script, another time limit or a
+    port outside the login node's range is refused before the submit is sent, saying how
+    the two sides disagree."""
     slurm, entrypoint = submitting(ok(b"17\n"))
     with pytest.raises(ServiceMismatch, match="the hub and the login node disagree") as raised:
         slurm.submit(request_)
@@ -356,6 +360,8 @@ def test_the_login_nodes_services_are_looked_at_again_once_a_minute() -> None:
         (ok(b"not json"), SlurmError),
         (ok(b'{"services": [{"id": "llama"}]}'), SlurmError),
         (ok(b'{"services": [{"id": "llama", "sbatch": "v", "time_limit": "60"}]}'), SlurmError),
+        (ok(b'{"services": [], "port_min": 20000}'), SlurmError),
+        (ok(b'{"services": [], "port_min": 20000, "port_max": "29999"}'), SlurmError),
     ],
 )
 def test_a_status_that_cannot_be_had_or_read_stops_the_submit(
@@ -371,10 +377,10 @@ def test_a_status_that_cannot_be_had_or_read_stops_the_submit(
 
 def test_the_status_report_is_read_into_allowed_services() -> None:
     """parse_status reads each service's script and time limit from the entrypoint's report."""
-    assert parse_status(AGREEING.body) == {
+    assert parse_status(AGREEING.body) == Allowlist({
         "llama": AllowedService("vllm.sbatch", 60),
         "other": AllowedService("testservice.sbatch", 5),
-    }
+    }, 20000, 29999)  # fmt: skip
     assert mismatch(REQUEST, parse_status(AGREEING.body)) == ""
 
 
