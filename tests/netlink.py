@@ -7,11 +7,15 @@ accepts to a target, and writes every chunk it reads from one side to the other
 delay to pass again, so the relay adds the delay and no queueing, until it holds
 ``max_held`` bytes in one direction: then it stops reading, as a full link would.
 The end of a direction (a half-close) is passed on after the same delay; a reset
-or a broken pipe on either side ends the whole connection at once.
+or a broken pipe on either side ends the whole connection at once. The delay may
+change while connections are open: chunks that arrive from then on get the new
+one, and still leave after the chunks before them.
 
     python -m tests.netlink --listen 198.18.0.1:0 --to 127.0.0.1:2222 --delay 0.010
 
-prints ``listening on HOST:PORT`` once it listens, and stops on SIGTERM or SIGINT.
+prints ``listening on HOST:PORT`` once it listens; each line of seconds on its
+stdin sets a new delay, which it confirms with ``delay SECONDS``; it stops on
+SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -62,8 +66,6 @@ class DelayingRelay:
     def __init__(
         self, listen: Address, target: Address, delay: float, max_held: int = MAX_HELD
     ) -> None:
-        if delay < 0:
-            raise ValueError(f"the delay must not be negative, not {delay!r}")
         if max_held < 1:
             raise ValueError(f"max_held must be positive, not {max_held!r}")
         self.listen = listen
@@ -72,6 +74,17 @@ class DelayingRelay:
         self.max_held = max_held
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], list[asyncio.StreamWriter]] = {}
+
+    @property
+    def delay(self) -> float:
+        """Seconds each direction holds a chunk; a new value applies to chunks yet to come."""
+        return self._delay
+
+    @delay.setter
+    def delay(self, seconds: float) -> None:
+        if not seconds >= 0:
+            raise ValueError(f"the delay must be 0 or more seconds, not {seconds!r}")
+        self._delay = seconds
 
     @property
     def address(self) -> Address:
@@ -120,7 +133,7 @@ class DelayingRelay:
                 end.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             async with asyncio.TaskGroup() as directions:
                 for source, sink in ((near, far_out), (far, near_out)):
-                    line = _Line(self.delay, self.max_held)
+                    line = _Line(self)
                     directions.create_task(line.receive(source))
                     directions.create_task(line.deliver(sink))
         except* OSError:  # the target refused, or a side reset: the other side is cut too
@@ -133,11 +146,10 @@ class DelayingRelay:
 
 
 class _Line:
-    """One direction of a connection: the chunks in flight, each with its time of arrival."""
+    """One direction of a connection: the chunks in flight, each with the time it is due."""
 
-    def __init__(self, delay: float, max_held: int) -> None:
-        self.delay = delay
-        self.max_held = max_held
+    def __init__(self, relay: DelayingRelay) -> None:
+        self.relay = relay
         self._chunks: deque[tuple[float, bytes]] = deque()  # (due, chunk); b"" is the end
         self._held = 0
         self._changed = asyncio.Event()
@@ -145,10 +157,10 @@ class _Line:
     async def receive(self, source: asyncio.StreamReader) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            while self._held >= self.max_held:
+            while self._held >= self.relay.max_held:
                 await self._change()
             chunk = await source.read(CHUNK)
-            self._chunks.append((loop.time() + self.delay, chunk))
+            self._chunks.append((loop.time() + self.relay.delay, chunk))
             self._held += len(chunk)
             self._changed.set()
             if not chunk:
@@ -191,18 +203,36 @@ async def _until(loop: asyncio.AbstractEventLoop, due: float) -> None:
         await asyncio.sleep(0)
 
 
+class RelayProcess:
+    """The relay in a process of its own, where no test's thread delays its timers."""
+
+    def __init__(self, process: subprocess.Popen[str], address: Address) -> None:
+        self.process = process
+        self.address = address
+
+    def set_delay(self, seconds: float) -> None:
+        """A new delay, in force when this returns."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(f"{seconds!r}\n")
+        self.process.stdin.flush()
+        confirmed = self.process.stdout.readline()
+        if confirmed != f"delay {seconds!r}\n":
+            raise RuntimeError(f"the relay answered {confirmed!r} to a delay of {seconds!r}")
+
+
 @contextmanager
-def relay_process(listen: Address, target: Address, delay: float) -> Iterator[Address]:
-    """The relay in a process of its own (no test thread delays its timers); its address."""
+def relay_process(listen: Address, target: Address, delay: float) -> Iterator[RelayProcess]:
+    """``python -m tests.netlink``, listening; terminated at the end."""
     argv = [sys.executable, "-m", "tests.netlink", "--listen", _text(listen),
             "--to", _text(target), "--delay", repr(delay)]  # fmt: skip
-    with subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, text=True) as process:
+    with subprocess.Popen(argv, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True) as process:  # fmt: skip
         assert process.stdout is not None
         try:
             line = process.stdout.readline()
             if not line.startswith(READY):
                 raise RuntimeError(f"the relay did not start (exit {process.wait(timeout=10)})")
-            yield _address(line.removeprefix(READY).strip())
+            yield RelayProcess(process, _address(line.removeprefix(READY).strip()))
         finally:
             process.terminate()
 
@@ -224,9 +254,29 @@ async def _serve(relay: DelayingRelay) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     async with relay:
-        sys.stdout.write(f"{READY}{_text(relay.address)}\n")
-        sys.stdout.flush()
+        _say(f"{READY}{_text(relay.address)}")
+        following = asyncio.create_task(_follow(relay))
         await stop.wait()
+        following.cancel()
+
+
+async def _follow(relay: DelayingRelay) -> None:
+    """Each line of stdin sets a new delay, until stdin ends."""
+    lines = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(lines), sys.stdin)
+    while line := await lines.readline():
+        try:
+            relay.delay = float(line)
+        except ValueError as error:
+            sys.stderr.write(f"{error}\n")
+            continue
+        _say(f"delay {relay.delay!r}")
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -230,19 +230,45 @@ def test_both_sides_of_a_connection_have_nagle_off() -> None:
     assert netlink.run(nodelay()) == [1, 1]
 
 
-def test_the_command_line_relay_listens_says_where_and_stops_on_sigterm() -> None:
-    """``python -m tests.netlink``: its first line names its port, it relays, and SIGTERM
-    ends it with status 0."""
+def test_a_new_delay_applies_to_the_chunks_that_come_after_it() -> None:
+    """On an open connection, a shorter delay shortens the next round trips."""
+
+    async def before_and_after() -> tuple[float, float]:
+        async with through_relay(echo) as connection:
+            times = []
+            for delay in (DELAY, DELAY / 4):
+                connection.relay.delay = delay
+                started = time.monotonic()
+                connection.writer.write(b"ping\n")
+                await connection.reader.readline()
+                times.append(time.monotonic() - started)
+            return times[0], times[1]
+
+    before, after = netlink.run(before_and_after())
+    assert before >= 2 * DELAY
+    assert DELAY / 2 <= after < DELAY / 2 + SLACK
+
+
+def test_a_negative_delay_is_refused() -> None:
+    """A relay cannot hand bytes over before they came."""
+    with pytest.raises(ValueError, match="0 or more seconds"):
+        DelayingRelay(("127.0.0.1", 0), ("127.0.0.1", 1), -0.001)
+
+
+def test_the_command_line_relay_listens_says_where_takes_new_delays_and_stops() -> None:
+    """``python -m tests.netlink``: its first line names its port, it relays, a line on its
+    stdin sets a new delay, and SIGTERM ends it."""
     with socket.create_server(("127.0.0.1", 0)) as target:
         to = ("127.0.0.1", target.getsockname()[1])
-        with (
-            netlink.relay_process(("127.0.0.1", 0), to, 0.005) as at,
-            socket.create_connection(at, timeout=5) as client,
-        ):
-            accepted, _ = target.accept()
-            with accepted:
-                client.sendall(b"through")
-                assert accepted.recv(100) == b"through"
+        with netlink.relay_process(("127.0.0.1", 0), to, 5.0) as relay:
+            relay.set_delay(0.005)
+            with socket.create_connection(relay.address, timeout=5) as client:
+                accepted, _ = target.accept()
+                with accepted:
+                    accepted.settimeout(2)  # far below the first delay of 5 s
+                    client.sendall(b"through")
+                    assert accepted.recv(100) == b"through"
+        assert relay.process.returncode == 0
 
 
 def test_the_command_line_refuses_an_address_without_a_port() -> None:
