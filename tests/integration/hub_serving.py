@@ -120,9 +120,10 @@ def job_scripts(folder: Path) -> Path:
     return folder
 
 
-def hub_head(link: Link, port: int) -> str:
+def hub_head(link: Link, port: int, host: str = "127.0.0.1") -> str:
     """A hub-placement saia.toml up to its [proxy] table's first lines: the SSH link to the
-    dev cluster's login node, a store in the config's folder, a quick controller."""
+    dev cluster's login node, a store in the config's folder, a quick controller, and the
+    proxy on ``host``:``port``."""
     return f"""\
 placement = "hub"
 
@@ -143,7 +144,7 @@ startup_interval = 0.25
 probe_interval = 1
 
 [proxy]
-host = "127.0.0.1"
+host = "{host}"
 port = {port}
 require_api_key = true
 """
