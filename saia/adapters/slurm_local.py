@@ -104,15 +104,10 @@ class LocalSlurm:
 
     def submit(self, request: SubmitRequest) -> str:
         argv = self.sbatch_argv(request)
-        # The job learns its service and port from its environment as well as from $1.
-        job_environment = {
-            **self._job_settings(request.service).environment(),  # none of saia's names
-            "SAIA_PYTHON": self.settings.job_python,
-            "SAIA_SERVICE": request.service,
-            "SAIA_PORT": str(request.port),
-        }
-        if self.settings.job_secret is not None:
-            job_environment["SAIA_JOB_SECRET"] = self.settings.job_secret(request.token)
+        secret = self.settings.job_secret
+        job_environment = self._job_settings(request.service).variables(
+            self.settings.job_python, request.service, request.port,
+            "" if secret is None else secret(request.token))  # fmt: skip
         result = self._run(argv, self._environment((), job_environment))
         if result.returncode != 0:
             raise _unreachable(result) or SubmissionRejected(_describe(result))

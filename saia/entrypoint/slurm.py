@@ -63,19 +63,11 @@ class LoginSlurm:
         # takes the last of an option given twice.
         options = rule.job.sbatch_options(config.account, config.partition)
         argv += [*config.sbatch_args, *options, script, str(port)]
-        # The job learns its service and port from its environment as well as from $1,
-        # and its secret only from there (saia.protocol.job_secret).
         try:
             secret = job_secret.for_job(job_secret.load_key(config.state_dir), token)
         except OSError as error:
             raise Refusal(f"state_dir: {error}", exits.CONFIG) from None
-        job = {
-            **rule.job.environment(),  # none of saia's names (saia.protocol.job_settings)
-            "SAIA_PYTHON": config.job_python or sys.executable,
-            "SAIA_SERVICE": rule.id,
-            "SAIA_PORT": str(port),
-            "SAIA_JOB_SECRET": secret,
-        }
+        job = rule.job.variables(config.job_python or sys.executable, rule.id, port, secret)
         result = self._run(argv, (), job)
         if result.returncode != 0:
             if protocol.failure(result.stderr) is None:

@@ -101,6 +101,16 @@ class JobSettings(NamedTuple):
             variables[CONTAINER_VARIABLE] = self.container
         return variables
 
+    def variables(self, python: str, service: str, port: int, secret: str) -> dict[str, str]:
+        """All the job's variables: these settings' and saia's own (which no setting may
+        name). The job learns its service and port from here as well as from $1, and its
+        secret only from here (saia.protocol.job_secret); "" for none."""
+        variables = {**self.environment(), "SAIA_PYTHON": python, "SAIA_SERVICE": service,
+                     "SAIA_PORT": str(port)}  # fmt: skip
+        if secret:
+            variables["SAIA_JOB_SECRET"] = secret
+        return variables
+
 
 def parse(table: Mapping[str, Any]) -> JobSettings:
     """The job settings among a service's keys; keys outside KEYS are the caller's."""
